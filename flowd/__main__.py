@@ -1,0 +1,5 @@
+"""`python -m flowd` is the `flowd` command."""
+
+from flowd.cli import main
+
+main()

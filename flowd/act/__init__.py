@@ -1,0 +1,205 @@
+"""Act: run a matched flow's actions, in order, each with its retries.
+
+`prepare` turns an `Action` row into a checked, parsed `PreparedAction` when flows
+are loaded (an unknown type or a broken config refuses the flow there, not at run
+time). `ActionRunner.run_flow` then renders and runs them for one event; the first
+action that still fails after its retries stops the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import pydantic
+
+from flowd.act import db_update, http
+from flowd.act.retry import RetryPolicy, call_with_retries
+from flowd.act.templates import check_syntax, template_context
+from flowd.catalog import Catalog, Table
+from flowd.config import Settings
+from flowd.errors import (
+    ActionError,
+    ConfigurationError,
+    FlowDefinitionError,
+    PermanentActionError,
+)
+from flowd.logs import get_logger
+from flowd.models import Action, ActionOutcome, ChangeEvent, Flow
+from flowd.secrets import Secrets
+
+ActionConfig = http.ApiCallConfig | http.FunctionCallConfig | db_update.DbUpdateConfig
+CONFIG_MODELS: dict[str, type[ActionConfig]] = {
+    "API_CALL": http.ApiCallConfig,
+    "FUNCTION_CALL": http.FunctionCallConfig,
+    "DB_UPDATE": db_update.DbUpdateConfig,
+}
+
+log = get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAction:
+    action: Action
+    config: ActionConfig
+    table: Table | None = None  # the DB_UPDATE target, from the catalog
+
+
+def _where(action: Action, index: int) -> str:
+    return f"action {action.action_id}" if action.action_id is not None else f"action #{index + 1}"
+
+
+def _template_strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _template_strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in _template_strings(item)]
+    return []
+
+
+async def prepare(flow: Flow, catalog: Catalog | None) -> tuple[PreparedAction, ...]:
+    """Parse and check the flow's actions; raise FlowDefinitionError for the first that cannot work.
+
+    Without a catalog (flows from a file, no database) DB_UPDATE targets are not checked.
+    """
+    prepared = []
+    for index, action in enumerate(flow.ordered_actions):
+        where = f"{_where(action, index)} ({action.type})"
+        model = CONFIG_MODELS.get(action.type.upper())
+        if model is None:
+            known = ", ".join(CONFIG_MODELS)
+            raise FlowDefinitionError(flow.flow_id, where, f"unknown action type (known: {known})")
+        try:
+            config = model.model_validate(action.config)
+        except pydantic.ValidationError as exc:
+            error = exc.errors()[0]
+            location = ".".join(str(part) for part in error["loc"]) or "config"
+            raise FlowDefinitionError(flow.flow_id, where, f"{location}: {error['msg']}") from None
+        for source in _template_strings(action.config):
+            if (problem := check_syntax(source)) is not None:
+                raise FlowDefinitionError(flow.flow_id, where, problem)
+        table = None
+        if isinstance(config, db_update.DbUpdateConfig) and catalog is not None:
+            table = await catalog.table(*config.table_ref)
+            if (problem := db_update.check(config, flow, table)) is not None:
+                raise FlowDefinitionError(flow.flow_id, where, problem)
+        prepared.append(PreparedAction(action, config, table))
+    return tuple(prepared)
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    http_status: int | None = None
+    rows_written: int | None = None
+
+
+class ActionRunner:
+    """Runs prepared actions with the shared HTTP client and database pool."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        secrets: Secrets,
+        http_client: httpx.AsyncClient,
+        pool: asyncpg.Pool | None,
+    ) -> None:
+        self._settings = settings
+        self._secrets = secrets
+        self._http = http_client
+        self._pool = pool
+        self._policy = RetryPolicy(
+            settings.max_attempts, settings.retry_backoff_s, settings.retry_max_delay_s
+        )
+
+    async def run_flow(
+        self, flow: Flow, actions: tuple[PreparedAction, ...], event: ChangeEvent
+    ) -> list[ActionOutcome]:
+        """Run the actions in order; stop after the first that fails."""
+        context = template_context(event, flow, self._secrets.named)
+        outcomes: list[ActionOutcome] = []
+        for prepared in actions:
+            outcome = await self._run_action(prepared, flow, event, context)
+            outcomes.append(outcome)
+            if not outcome.ok:
+                break
+        return outcomes
+
+    async def _run_action(
+        self, prepared: PreparedAction, flow: Flow, event: ChangeEvent, context: dict[str, Any]
+    ) -> ActionOutcome:
+        action = prepared.action
+        started = time.monotonic()
+        attempts = 0
+        bound = log.bind(action_id=action.action_id, action_type=action.type)
+
+        async def attempt(number: int) -> _Done:
+            nonlocal attempts
+            attempts = number
+            return await self._attempt(prepared, flow, event, context)
+
+        def on_retry(number: int, error: BaseException, pause_s: float) -> None:
+            bound.warning(
+                "action.retry",
+                attempt=number,
+                error=self._secrets.redact(str(error)),
+                retry_in_s=round(pause_s, 3),
+            )
+
+        policy = self._policy.with_max_attempts(getattr(prepared.config, "max_attempts", None))
+        error: ActionError | None = None
+        done = _Done()
+        try:
+            done = await call_with_retries(policy, attempt, on_retry)
+        except ActionError as exc:
+            error = exc
+        except Exception as exc:  # a bug must fail this action, not the daemon
+            bound.exception("action.crashed")
+            error = PermanentActionError(f"internal error: {type(exc).__name__}: {exc}")
+        outcome = ActionOutcome(
+            action_id=action.action_id,
+            type=action.type,
+            ok=error is None,
+            attempts=max(attempts, 1),
+            duration_ms=round((time.monotonic() - started) * 1000),
+            http_status=error.http_status if error else done.http_status,
+            rows_written=done.rows_written,
+            error=self._secrets.redact(str(error)) if error else None,
+        )
+        bound.log(
+            20 if outcome.ok else 40,
+            "action.finished" if outcome.ok else "action.failed",
+            attempt=outcome.attempts,
+            duration_ms=outcome.duration_ms,
+            http_status=outcome.http_status,
+            rows_written=outcome.rows_written,
+            error=outcome.error,
+        )
+        return outcome
+
+    async def _attempt(
+        self, prepared: PreparedAction, flow: Flow, event: ChangeEvent, context: dict[str, Any]
+    ) -> _Done:
+        config = prepared.config
+        if isinstance(config, db_update.DbUpdateConfig):
+            if self._pool is None or prepared.table is None:
+                raise PermanentActionError("DB_UPDATE needs a database (DATABASE_URL)")
+            update = db_update.build_update(config, prepared.table, event, context)
+            return _Done(rows_written=await db_update.execute(self._pool, update))
+        if isinstance(config, http.FunctionCallConfig):
+            try:
+                supabase_url, key = self._settings.require_supabase()
+            except ConfigurationError as exc:
+                raise PermanentActionError(str(exc)) from None
+            request = http.function_call_request(
+                config, event, flow, context, supabase_url=supabase_url, service_role_key=key
+            )
+        else:
+            request = http.api_call_request(config, event, flow, context)
+        timeout = config.timeout_s or self._settings.action_timeout_s
+        return _Done(http_status=await http.send(self._http, request, timeout))

@@ -1,0 +1,132 @@
+"""DB_UPDATE: set columns of a row (the triggering row by default) in Postgres.
+
+Identifiers come from the catalog and are quoted; every value is a bound text
+parameter cast by Postgres to its column's type. Only rows where some set column
+`IS DISTINCT FROM` its new value are written, so an update that finds the row
+already right writes nothing and raises no new change event.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from flowd.act.templates import render_tree
+from flowd.catalog import Table, quote_ident
+from flowd.errors import PermanentActionError, TransientActionError
+from flowd.models import ChangeEvent, Flow
+
+_TRANSIENT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
+
+
+class DbUpdateConfig(BaseModel):
+    """`{"table", "field", "value"}` (seed form) or `{"table", "set", "where"?}`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    table: str = Field(min_length=1)
+    field: str | None = None
+    value: Any = None
+    set_: dict[str, Any] | None = Field(None, alias="set")
+    where: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> DbUpdateConfig:
+        if (self.field is None) == (self.set_ is None):
+            raise ValueError('give either "field" and "value", or "set"')
+        if self.set_ is not None and not self.set_:
+            raise ValueError('"set" names no column')
+        if self.where is not None and not self.where:
+            raise ValueError('"where" names no column')
+        return self
+
+    @property
+    def assignments(self) -> dict[str, Any]:
+        return dict(self.set_) if self.set_ is not None else {str(self.field): self.value}
+
+    @property
+    def table_ref(self) -> tuple[str, str]:
+        schema, _, table = self.table.rpartition(".")
+        return (schema or "public", table)
+
+
+def check(config: DbUpdateConfig, flow: Flow, table: Table | None) -> str | None:
+    """Why this update cannot work against the catalog's `table`, or None."""
+    schema, name = config.table_ref
+    if table is None:
+        return f"table {schema}.{name} does not exist"
+    named = [*config.assignments, *(config.where or {})]
+    missing = [column for column in named if column not in table.columns]
+    if missing:
+        return f"table {schema}.{name} has no column {', '.join(sorted(missing))}"
+    if config.where is None:
+        if config.table_ref != flow.table_ref:
+            return 'without "where" the table must be the trigger table'
+        if not table.primary_key:
+            return f'table {schema}.{name} has no primary key; give "where"'
+    return None
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    sql: str
+    parameters: tuple[str | None, ...]
+
+
+def build_update(
+    config: DbUpdateConfig, table: Table, event: ChangeEvent, context: dict[str, Any]
+) -> Update:
+    """The UPDATE statement and its bound values, rendered for this event."""
+    assignments = {col: _as_text(v) for col, v in render_tree(config.assignments, context).items()}
+    if config.where is not None:
+        where = {col: _as_text(v) for col, v in render_tree(config.where, context).items()}
+    else:
+        row = event.old if event.type == "DELETE" else event.new
+        absent = [column for column in table.primary_key if column not in row]
+        if absent:
+            raise PermanentActionError(f"the event lacks primary key column {', '.join(absent)}")
+        where = {column: _as_text(row[column]) for column in table.primary_key}
+
+    parameters: list[str | None] = []
+
+    def bind(column: str, value: str | None) -> str:
+        parameters.append(value)
+        return f"CAST(${len(parameters)}::text AS {table.columns[column].sql_type})"
+
+    set_sql = {quote_ident(col): bind(col, value) for col, value in assignments.items()}
+    conditions = [f"{quote_ident(col)} = {bind(col, value)}" for col, value in where.items()]
+    changed = " OR ".join(f"{col} IS DISTINCT FROM {expr}" for col, expr in set_sql.items())
+    sql = (
+        f"UPDATE {table.qualified} SET "
+        + ", ".join(f"{col} = {expr}" for col, expr in set_sql.items())
+        + f" WHERE {' AND '.join(conditions)} AND ({changed})"
+    )
+    return Update(sql, tuple(parameters))
+
+
+async def execute(pool: asyncpg.Pool, update: Update) -> int:
+    """Run the update once; return the number of rows written."""
+    try:
+        status = await pool.execute(update.sql, *update.parameters)
+    except asyncpg.PostgresError as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        if exc.sqlstate in _TRANSIENT_SQLSTATES or str(exc.sqlstate).startswith("08"):
+            raise TransientActionError(message) from None
+        raise PermanentActionError(message) from None
+    except (OSError, asyncpg.InterfaceError) as exc:
+        raise TransientActionError(f"database connection lost: {exc}") from None
+    return int(status.rsplit(" ", 1)[-1])

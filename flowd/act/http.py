@@ -1,0 +1,182 @@
+"""HTTP actions: API_CALL (any webhook) and FUNCTION_CALL (a Supabase Edge Function).
+
+Both render their config into one `HttpRequest`, sent with a shared httpx client.
+The answer decides: 2xx succeeds; 408, 429, 5xx, timeouts and connection errors are
+transient (retried); any other status is permanent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from flowd.act.templates import render, render_tree
+from flowd.errors import PermanentActionError, TransientActionError
+from flowd.models import ChangeEvent, Flow
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_ERROR_BODY_CHARS = 200
+
+JsonBody = str | dict[str, Any] | list[Any] | None
+
+
+class _HttpConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float | None = Field(None, gt=0, le=600)
+    max_attempts: int | None = Field(None, ge=1, le=100)
+
+
+class ApiCallConfig(_HttpConfig):
+    url: str = Field(min_length=1)
+    method: str = "POST"
+    body: JsonBody = None
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        if method.upper() not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}")
+        return method.upper()
+
+
+class FunctionCallConfig(_HttpConfig):
+    function_name: str = Field(pattern=FUNCTION_NAME.pattern)
+    params: JsonBody = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    content: bytes | None
+
+
+def webhook_payload(event: ChangeEvent, flow: Flow) -> dict[str, Any]:
+    """The body Supabase database webhooks send, plus the flow."""
+    return {
+        "type": event.type,
+        "schema": event.schema_name,
+        "table": event.table,
+        "record": event.record,
+        "old_record": event.old_record,
+        "flow": {"id": flow.flow_id, "name": flow.name},
+    }
+
+
+def _encode_body(body: Any, headers: dict[str, str]) -> bytes | None:
+    if body is None:
+        return None
+    has_type = any(name.lower() == "content-type" for name in headers)
+    if isinstance(body, str):
+        if not has_type:
+            try:
+                json.loads(body)
+                headers["Content-Type"] = "application/json"
+            except ValueError:
+                headers["Content-Type"] = "text/plain; charset=utf-8"
+        return body.encode()
+    if not has_type:
+        headers["Content-Type"] = "application/json"
+    return json.dumps(body, default=str).encode()
+
+
+def _checked_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise PermanentActionError("url must be an absolute http:// or https:// URL")
+    return url
+
+
+def api_call_request(
+    config: ApiCallConfig, event: ChangeEvent, flow: Flow, context: dict[str, Any]
+) -> HttpRequest:
+    headers = {name: render(value, context) for name, value in config.headers.items()}
+    body = render_tree(config.body, context) if config.body is not None else None
+    if config.body is None:
+        body = webhook_payload(event, flow)
+    return HttpRequest(
+        method=config.method,
+        url=_checked_url(render(config.url, context)),
+        headers=headers,
+        content=_encode_body(body, headers),
+    )
+
+
+def function_call_request(
+    config: FunctionCallConfig,
+    event: ChangeEvent,
+    flow: Flow,
+    context: dict[str, Any],
+    *,
+    supabase_url: str,
+    service_role_key: str,
+) -> HttpRequest:
+    headers = {name: render(value, context) for name, value in config.headers.items()}
+    headers["Authorization"] = f"Bearer {service_role_key}"
+    body = render_tree(config.params, context) if config.params is not None else None
+    if config.params is None:
+        body = webhook_payload(event, flow)
+    return HttpRequest(
+        method="POST",
+        url=f"{supabase_url}/functions/v1/{config.function_name}",
+        headers=headers,
+        content=_encode_body(body, headers),
+    )
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """`Retry-After` as seconds: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+async def send(client: httpx.AsyncClient, request: HttpRequest, timeout_s: float) -> int:
+    """Send once; return the 2xx status or raise a Transient/PermanentActionError."""
+    try:
+        response = await client.request(
+            request.method,
+            request.url,
+            headers=request.headers,
+            content=request.content,
+            timeout=timeout_s,
+        )
+    except httpx.TimeoutException:
+        raise TransientActionError(f"timed out after {timeout_s:g} s") from None
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        raise PermanentActionError(f"bad url: {exc}") from None
+    except httpx.TransportError as exc:
+        raise TransientActionError(f"connection failed: {type(exc).__name__}: {exc}") from None
+    status = response.status_code
+    if 200 <= status < 300:
+        return status
+    excerpt = response.text[:_ERROR_BODY_CHARS].strip()
+    message = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
+    if status in (408, 429) or status >= 500:
+        raise TransientActionError(
+            message,
+            http_status=status,
+            retry_after_s=retry_after_seconds(response.headers.get("retry-after")),
+        )
+    raise PermanentActionError(message, http_status=status)

@@ -1,0 +1,108 @@
+"""Templates: render `{{ … }}` in action configs in a sandboxed Jinja2 environment.
+
+A template sees `new`, `old` (`record`, `old_record`), `event`, `flow`, `secrets` and `now`.
+It cannot reach Python internals (the sandbox), cannot build huge values (bounded
+`*` and `**`), and fails loudly on an undefined name. Any failure is a
+`PermanentActionError`: a template that fails once fails every time.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from flowd.errors import PermanentActionError
+from flowd.models import ChangeEvent, Flow
+
+MAX_RENDERED_CHARS = 1_000_000
+_MAX_REPEAT = 100_000
+_MAX_EXPONENT = 1_000
+
+
+class _BoundedSandbox(SandboxedEnvironment):
+    """The sandbox, with `*` and `**` bounded so a template cannot exhaust memory or CPU."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: jinja2.runtime.Context, op: str, left: Any, right: Any) -> Any:
+        if op == "**":
+            if isinstance(right, int | float) and abs(right) > _MAX_EXPONENT:
+                raise jinja2.exceptions.SecurityError("exponent too large")
+            return operator.pow(left, right)
+        sized = (str, bytes, list, tuple)
+        if isinstance(left, sized) or isinstance(right, sized):
+            size = len(left) if isinstance(left, sized) else len(right)
+            count = right if isinstance(left, sized) else left
+            if isinstance(count, int) and size * count > _MAX_REPEAT:
+                raise jinja2.exceptions.SecurityError("repetition too large")
+        return operator.mul(left, right)
+
+
+_environment = _BoundedSandbox(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile(source: str) -> jinja2.Template:
+    return _environment.from_string(source)
+
+
+def check_syntax(source: str) -> str | None:
+    """The syntax error in a template, or None; used when flows are validated."""
+    try:
+        _compile(source)
+    except jinja2.TemplateSyntaxError as exc:
+        return f"template syntax error: {exc.message} (line {exc.lineno})"
+    return None
+
+
+def render(source: str, context: Mapping[str, Any]) -> str:
+    """Render one string; text without `{{`/`{%` is returned as is."""
+    if "{" not in source:
+        return source
+    try:
+        rendered = _compile(source).render(context)
+    except jinja2.exceptions.SecurityError as exc:
+        raise PermanentActionError(f"template refused by the sandbox: {exc}") from None
+    except jinja2.TemplateError as exc:
+        raise PermanentActionError(f"template error: {exc}") from None
+    except Exception as exc:  # a template can raise anything its filters raise (1/0, int('x'))
+        raise PermanentActionError(f"template error: {type(exc).__name__}: {exc}") from None
+    if len(rendered) > MAX_RENDERED_CHARS:
+        raise PermanentActionError(f"template output longer than {MAX_RENDERED_CHARS} characters")
+    return rendered
+
+
+def render_tree(value: Any, context: Mapping[str, Any]) -> Any:
+    """Render every string leaf of a JSON-like value; other leaves are kept."""
+    if isinstance(value, str):
+        return render(value, context)
+    if isinstance(value, dict):
+        return {key: render_tree(item, context) for key, item in value.items()}
+    if isinstance(value, list):
+        return [render_tree(item, context) for item in value]
+    return value
+
+
+def template_context(event: ChangeEvent, flow: Flow, secrets: Mapping[str, str]) -> dict[str, Any]:
+    """What a template sees (actions.md, Templates)."""
+    return {
+        "new": event.new,
+        "old": event.old,
+        "record": event.new,
+        "old_record": event.old,
+        "event": {
+            "schema": event.schema_name,
+            "table": event.table,
+            "type": event.type,
+            "commit_timestamp": event.commit_timestamp,
+        },
+        "flow": {"id": flow.flow_id, "name": flow.name},
+        "secrets": dict(secrets),
+        "now": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }

@@ -1,0 +1,79 @@
+"""The services a command needs, opened together and closed together.
+
+`open_app` builds the secrets (and the log redaction that hides them), the database
+pool and catalog when the command needs a database, the shared HTTP client, and the
+action runner and recorder on top of them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+
+from flowd import logs
+from flowd.act import ActionRunner
+from flowd.catalog import Catalog
+from flowd.config import Settings
+from flowd.db import create_pool
+from flowd.record import Recorder
+from flowd.secrets import Secrets
+
+
+@dataclass(frozen=True)
+class App:
+    settings: Settings
+    secrets: Secrets
+    http: httpx.AsyncClient
+    pool: asyncpg.Pool | None
+    runner: ActionRunner
+
+    @property
+    def database(self) -> asyncpg.Pool:
+        assert self.pool is not None, "this command was opened without a database"
+        return self.pool
+
+    @property
+    def catalog(self) -> Catalog | None:
+        return Catalog(self.pool) if self.pool is not None else None
+
+    @property
+    def recorder(self) -> Recorder:
+        return Recorder(self.database, self.settings.schema_name, self.secrets.redact)
+
+
+def load_secrets(settings: Settings) -> Secrets:
+    """Template secrets plus flowd's own credentials, all of them redacted from logs."""
+    own = []
+    if settings.supabase_service_role_key is not None:
+        own.append(settings.supabase_service_role_key.get_secret_value())
+    if settings.database_url is not None:
+        password = urlsplit(settings.database_url.get_secret_value()).password
+        own += [password] if password else []
+    return Secrets.from_environment(extra=own)
+
+
+def configure_logging(settings: Settings, secrets: Secrets, *, to_stderr: bool = False) -> None:
+    logs.configure(
+        level=settings.log_level,
+        log_format=settings.log_format,
+        redact=secrets.redact,
+        stream=sys.stderr if to_stderr else sys.stdout,
+    )
+
+
+@asynccontextmanager
+async def open_app(settings: Settings, secrets: Secrets, *, database: bool) -> AsyncIterator[App]:
+    pool = await create_pool(settings) if database else None
+    try:
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            runner = ActionRunner(settings=settings, secrets=secrets, http_client=client, pool=pool)
+            yield App(settings, secrets, client, pool, runner)
+    finally:
+        if pool is not None:
+            await pool.close()

@@ -1,0 +1,806 @@
+"""Classify: decide which flows a change event matches. Pure and synchronous: no I/O.
+
+The contract is `shared/spec/rules.md`. Each flow is compiled once: its rules become
+closures with `rule.value` already read as every type it could be compared as (number,
+boolean, instant, text), its regular expression compiled and its `IN` list parsed. An
+event then only costs reading the fields the rules address.
+
+`rule.value` is read as the type of the field it is compared with: the column's Postgres
+type (`event.columns`) for a top-level column, the element type for an element of a typed
+array column (`tags.0` of `_text` is text), and the JSON value's own type below a
+json/jsonb column or when the event carries no column types (supabase-js shape).
+
+Three outcomes of a comparison keep the negations honest (see `_Verdict`): a field that
+cannot be read as its own type simply fails (so `!=`, `NOT_IN`, `NOT_CONTAINS` hold),
+whereas a `rule.value` that cannot be read as the field's type makes the rule false
+whatever the operator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from enum import Enum
+from typing import Any, Final
+
+from flowd.errors import FlowDefinitionError
+from flowd.models import ChangeEvent, ChangeType, Flow, Rule
+
+__all__ = [
+    "Classification",
+    "CompiledFlow",
+    "EventView",
+    "FlowIndex",
+    "build_index",
+    "check_rule_against_columns",
+    "compile_flow",
+]
+
+CHANGE_TYPES: Final[tuple[ChangeType, ...]] = ("INSERT", "UPDATE", "DELETE")
+
+
+class _Missing:
+    """A key that is not in the record: behaves as SQL NULL."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Final = _Missing()
+
+
+# --------------------------------------------------------------------------- events
+
+
+class EventView:
+    """The parts of one change event that rules read, worked out once per event."""
+
+    __slots__ = ("change_type", "column_types", "new", "old", "subject")
+
+    change_type: ChangeType
+    column_types: dict[str, str]
+    new: dict[str, Any]
+    old: dict[str, Any]
+    subject: dict[str, Any]  # the record a field without `old.`/`new.` addresses
+
+    def __init__(self, event: ChangeEvent) -> None:
+        self.change_type = event.type
+        self.column_types = event.column_types
+        self.new = event.new
+        self.old = event.old
+        self.subject = self.old if event.type == "DELETE" else self.new
+
+
+RuleCheck = Callable[[EventView], bool | None]
+"""One compiled rule: True/False, or None for "false because `old` lacks the field"."""
+
+FlowPredicate = Callable[[EventView], tuple[bool, bool]]
+"""A flow's compiled rules: (matched, needs_full_identity)."""
+
+
+# --------------------------------------------------------------------------- public API
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledFlow:
+    """A flow whose definition has been checked and whose rules are compiled."""
+
+    flow: Flow
+    binding: tuple[str, str, str]  # (schema, table, INSERT/UPDATE/DELETE or "*")
+    predicate: FlowPredicate
+
+    def evaluate(self, event: ChangeEvent) -> tuple[bool, bool]:
+        """(matched, needs_full_identity) of the rules alone, whatever the event's table."""
+        return self.predicate(EventView(event))
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The flows an event matched, and those that could not tell without the old row."""
+
+    flows: tuple[Flow, ...]
+    needs_full_identity: tuple[Flow, ...]
+
+
+_NOTHING_MATCHED: Final = Classification((), ())
+
+
+class FlowIndex:
+    """Compiled flows indexed by (schema, table, type).
+
+    An event never looks at flows of other tables.
+    """
+
+    __slots__ = ("_by_event_kind", "_compiled")
+
+    def __init__(self, flows: Iterable[CompiledFlow]) -> None:
+        self._compiled = tuple(
+            sorted((c for c in flows if c.flow.is_enabled), key=lambda c: c.flow.flow_id)
+        )
+        by_event_kind: dict[tuple[str, str, str], list[CompiledFlow]] = {}
+        for compiled in self._compiled:
+            schema, table, trigger_event = compiled.binding
+            change_types = CHANGE_TYPES if trigger_event == "*" else (trigger_event,)
+            for change_type in change_types:
+                by_event_kind.setdefault((schema, table, change_type), []).append(compiled)
+        self._by_event_kind = {key: tuple(value) for key, value in by_event_kind.items()}
+
+    def classify(self, event: ChangeEvent) -> Classification:
+        """The enabled flows of the event's table and type whose rules hold, ascending id."""
+        candidates = self._by_event_kind.get((event.schema_name, event.table, event.type))
+        if not candidates:
+            return _NOTHING_MATCHED
+        view = EventView(event)
+        matched: list[Flow] = []
+        lacking_identity: list[Flow] = []
+        for compiled in candidates:
+            is_match, needs_full_identity = compiled.predicate(view)
+            if is_match:
+                matched.append(compiled.flow)
+            if needs_full_identity:
+                lacking_identity.append(compiled.flow)
+        return Classification(tuple(matched), tuple(lacking_identity))
+
+    def __len__(self) -> int:
+        return len(self._compiled)
+
+    @property
+    def flows(self) -> tuple[Flow, ...]:
+        """Every indexed flow, ascending id."""
+        return tuple(compiled.flow for compiled in self._compiled)
+
+    def bindings(self) -> set[tuple[str, str, str]]:
+        """Distinct (schema, table, trigger_event) of the indexed flows, to subscribe to."""
+        return {compiled.binding for compiled in self._compiled}
+
+
+def compile_flow(flow: Flow) -> CompiledFlow:
+    """Check `flow`'s definition and compile its rules; FlowDefinitionError if it cannot work."""
+    binding = (*_table_of(flow), _trigger_event_of(flow))
+    match = _match_of(flow)
+    checks = tuple(
+        _compile_rule(flow.flow_id, position, rule)
+        for position, rule in enumerate(flow.rules, start=1)
+    )
+    predicate = _all_hold(checks) if match == "ALL" else _any_holds(checks)
+    return CompiledFlow(flow, binding, predicate)
+
+
+def build_index(flows: Iterable[Flow]) -> tuple[FlowIndex, list[FlowDefinitionError]]:
+    """Compile every flow; index those that compile, return the refusals in input order."""
+    compiled: list[CompiledFlow] = []
+    refused: list[FlowDefinitionError] = []
+    for flow in flows:
+        try:
+            compiled.append(compile_flow(flow))
+        except FlowDefinitionError as error:
+            refused.append(error)
+    return FlowIndex(compiled), refused
+
+
+def check_rule_against_columns(rule: Rule, column_types: Mapping[str, str]) -> str | None:
+    """A sentence saying why `rule` cannot work on a table with these columns, or None.
+
+    Only what depends on the table is checked here (the column exists; `rule.value` can
+    be read as the addressed column's type); `compile_flow` reports everything else.
+    """
+    try:
+        address = _parse_field(rule.field)
+        operator_name = _normalise_operator(rule.operator)
+        readings = _readings_to_check(operator_name, rule.value)
+    except _Refused:
+        return None
+    if address.column not in column_types:
+        return f"column {address.column!r} does not exist in the table"
+    addressed = _addressed_type(address, column_types[address.column], operator_name)
+    kind = None if addressed is None else _TYPNAME_KINDS.get(addressed[0])
+    if addressed is None or kind is None:
+        return None  # below json, or text-like: any value reads as itself
+    typname, what = addressed
+    for reading in readings:
+        if reading is None:
+            return f"the IN list has an item (null, array or object) that {what} can never equal"
+        if reading.as_kind[kind] is None:
+            return (
+                f"value {reading.text!r} cannot be read as {kind.value}, "
+                f"the type of {what} ({typname}), so the rule is never true"
+            )
+    return None
+
+
+# --------------------------------------------------------------------------- types
+
+
+class _Kind(Enum):
+    """What a field is compared as; the value reads in error messages."""
+
+    NUMBER = "a number"
+    BOOL = "a boolean"
+    INSTANT = "an instant"
+    TEXT = "text"
+    ARRAY = "an array"
+    OBJECT = "an object"
+    NULL = "null"
+    OTHER = "another kind of value"
+
+
+_TYPNAME_KINDS: Final[Mapping[str, _Kind]] = {
+    **dict.fromkeys(("int2", "int4", "int8", "numeric", "float4", "float8"), _Kind.NUMBER),
+    "bool": _Kind.BOOL,
+    **dict.fromkeys(("timestamptz", "timestamp", "date"), _Kind.INSTANT),
+}
+_JSON_TYPNAMES: Final = frozenset({"json", "jsonb"})
+_SCALAR_KINDS: Final = frozenset({_Kind.NUMBER, _Kind.BOOL, _Kind.INSTANT, _Kind.TEXT})
+_ORDERED_KINDS: Final = frozenset({_Kind.NUMBER, _Kind.INSTANT, _Kind.TEXT})
+
+Scalar = Decimal | bool | datetime | str
+
+
+def _kind_of(value: object, typname: str | None) -> _Kind:
+    """The kind a field is compared as: its column's type, else its JSON value's."""
+    if typname is not None and typname not in _JSON_TYPNAMES:
+        if typname.startswith("_"):
+            return _Kind.ARRAY
+        declared = _TYPNAME_KINDS.get(typname)
+        if declared is not None:
+            return declared
+        # text, uuid, enum, …; a domain over a number still arrives as a JSON number
+        if value is None or value is MISSING or isinstance(value, str):
+            return _Kind.TEXT
+    return _json_kind(value)
+
+
+def _json_kind(value: object) -> _Kind:
+    if value is None or value is MISSING:
+        return _Kind.NULL
+    if isinstance(value, bool):  # before int: bool is an int in Python
+        return _Kind.BOOL
+    if isinstance(value, int | float | Decimal):
+        return _Kind.NUMBER
+    if isinstance(value, str):
+        return _Kind.TEXT
+    if isinstance(value, list):
+        return _Kind.ARRAY
+    if isinstance(value, dict):
+        return _Kind.OBJECT
+    if isinstance(value, date):
+        return _Kind.INSTANT
+    return _Kind.OTHER
+
+
+# --------------------------------------------------------------------------- reading
+
+_NUMBER_TEXT: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_BOOL_WORDS: Final[Mapping[str, bool]] = {
+    **dict.fromkeys(("true", "t", "yes", "1"), True),
+    **dict.fromkeys(("false", "f", "no", "0"), False),
+}
+
+
+def _parse_number(text: str) -> Decimal | None:
+    stripped = text.strip()
+    if _NUMBER_TEXT.fullmatch(stripped) is None:
+        return None  # also keeps out NaN and Infinity, which order with nothing
+    try:
+        return Decimal(stripped)
+    except InvalidOperation:  # an exponent beyond what Decimal can hold
+        return None
+
+
+def _parse_bool(text: str) -> bool | None:
+    return _BOOL_WORDS.get(text.strip().lower())
+
+
+def _parse_instant(text: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _read_number(value: object) -> Decimal | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value)) if math.isfinite(value) else None
+    if isinstance(value, Decimal):
+        return value if value.is_finite() else None
+    if isinstance(value, str):
+        return _parse_number(value)  # int8/numeric sent as text
+    return None
+
+
+def _read_bool(value: object) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    return _parse_bool(value) if isinstance(value, str) else None
+
+
+def _read_instant(value: object) -> datetime | None:
+    if isinstance(value, str):
+        return _parse_instant(value)
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return None
+
+
+def _read_text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+_FIELD_READERS: Final[Mapping[_Kind, Callable[[object], Scalar | None]]] = {
+    _Kind.NUMBER: _read_number,
+    _Kind.BOOL: _read_bool,
+    _Kind.INSTANT: _read_instant,
+    _Kind.TEXT: _read_text,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _RuleValue:
+    """`rule.value` read once as each scalar kind; None where it cannot be read so."""
+
+    text: str
+    as_kind: Mapping[_Kind, Scalar | None]
+
+    @classmethod
+    def read(cls, text: str) -> _RuleValue:
+        return cls(
+            text,
+            {
+                _Kind.NUMBER: _parse_number(text),
+                _Kind.BOOL: _parse_bool(text),
+                _Kind.INSTANT: _parse_instant(text),
+                _Kind.TEXT: text,
+            },
+        )
+
+
+def _parse_in_items(value: str) -> tuple[_RuleValue | None, ...]:
+    """The items of an IN list; None for a JSON item no type can read (null, array, object)."""
+    stripped = value.strip()
+    if not stripped.startswith(("[", "{")):
+        return tuple(_RuleValue.read(item.strip()) for item in value.split(","))
+    try:
+        # numbers kept as their text so that they read as any type, like comma items
+        items = json.loads(stripped, parse_int=str, parse_float=str, parse_constant=str)
+    except (ValueError, RecursionError):
+        items = None
+    if not isinstance(items, list):
+        raise _Refused(f"the IN list {value!r} is neither a JSON array nor a comma-separated list")
+    return tuple(_json_item(item) for item in items)
+
+
+def _json_item(item: object) -> _RuleValue | None:
+    if isinstance(item, bool):
+        return _RuleValue.read("true" if item else "false")
+    return _RuleValue.read(item) if isinstance(item, str) else None
+
+
+# --------------------------------------------------------------------------- addressing
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One path segment below the column: a key, or also an index when it is digits."""
+
+    key: str
+    index: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldAddress:
+    record: Callable[[EventView], dict[str, Any]]
+    column: str
+    steps: tuple[_Step, ...]
+
+    def resolve(self, view: EventView) -> tuple[object, str | None]:
+        return _resolve(self, self.record(view), view.column_types)
+
+
+_RECORDS: Final[Mapping[str, Callable[[EventView], dict[str, Any]]]] = {
+    "old": operator.attrgetter("old"),
+    "new": operator.attrgetter("new"),
+}
+_subject_record: Final[Callable[[EventView], dict[str, Any]]] = operator.attrgetter("subject")
+
+
+def _parse_field(field: str) -> _FieldAddress:
+    if not field.strip():
+        raise _Refused("the field is empty")
+    segments = field.split(".")
+    record = _subject_record
+    # `old` alone is a column named old, not the old record
+    if len(segments) > 1 and segments[0] in _RECORDS:
+        record = _RECORDS[segments[0]]
+        segments = segments[1:]
+    if "" in segments:
+        raise _Refused(f"the field {field!r} has an empty path segment")
+    steps = tuple(
+        _Step(segment, int(segment) if segment.isascii() and segment.isdigit() else None)
+        for segment in segments[1:]
+    )
+    return _FieldAddress(record, segments[0], steps)
+
+
+def _resolve(
+    address: _FieldAddress, record: Mapping[str, Any], column_types: Mapping[str, str]
+) -> tuple[object, str | None]:
+    """The addressed value (or MISSING) and its Postgres type name when one is known."""
+    value: object = record.get(address.column, MISSING)
+    typname = column_types.get(address.column)
+    for step in address.steps:
+        value, typname = _descend(value, typname, step)
+    return value, typname
+
+
+def _descend(value: object, typname: str | None, step: _Step) -> tuple[object, str | None]:
+    if isinstance(value, dict):
+        return value.get(step.key, MISSING), None
+    if isinstance(value, list) and step.index is not None and step.index < len(value):
+        element = value[step.index]
+        if typname is None or not typname.startswith("_"):
+            return element, None
+        # a row of a multidimensional array is still an array of the element type
+        return element, typname if isinstance(element, list) else typname[1:]
+    return MISSING, None
+
+
+def _addressed_type(
+    address: _FieldAddress, typname: str, operator_name: str
+) -> tuple[str, str] | None:
+    """(type name, description) rule.value is read as, when the columns alone tell it."""
+    is_array = typname.startswith("_")
+    if operator_name in {"CONTAINS", "NOT_CONTAINS"}:
+        if is_array and not address.steps:
+            return typname[1:], f"the elements of column {address.column}"
+        return None  # text and objects take the value as it is
+    if not address.steps:
+        return typname, f"column {address.column}"
+    if is_array and len(address.steps) == 1 and address.steps[0].index is not None:
+        return typname[1:], f"the elements of column {address.column}"
+    return None  # below json/jsonb, only the event's values tell
+
+
+def _readings_to_check(operator_name: str, value: str | None) -> tuple[_RuleValue | None, ...]:
+    """The readings of rule.value that must succeed for the rule to ever hold."""
+    if value is None:
+        return ()
+    if operator_name in {"IN", "NOT_IN"}:
+        return _parse_in_items(value)
+    if operator_name in _VALUE_READ_AS_FIELD_TYPE:
+        return (_RuleValue.read(value),)
+    return ()
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+class _Verdict(Enum):
+    """How a comparison came out; a rule holds on HOLDS, its negation on FAILS."""
+
+    HOLDS = "holds"
+    FAILS = "fails"
+    UNREADABLE = "rule.value cannot be read as the field's type: rule and negation are false"
+
+
+FieldTest = Callable[[object, str | None], _Verdict]
+"""A comparison of a resolved field (value, type name) with the rule."""
+
+_HOLDS: Final = _Verdict.HOLDS
+_FAILS: Final = _Verdict.FAILS
+_UNREADABLE: Final = _Verdict.UNREADABLE
+
+
+def _equal_verdict(value: object, typname: str | None, expected: _RuleValue) -> _Verdict:
+    kind = _kind_of(value, typname)
+    if kind not in _SCALAR_KINDS:
+        return _FAILS  # null, arrays and objects are never `=`
+    wanted = expected.as_kind[kind]
+    if wanted is None:
+        return _UNREADABLE
+    actual = _FIELD_READERS[kind](value)
+    if actual is None:
+        return _FAILS
+    return _HOLDS if actual == wanted else _FAILS
+
+
+def _order_verdict(
+    value: object, typname: str | None, expected: _RuleValue, order: Callable[[Any, Any], Any]
+) -> _Verdict:
+    kind = _kind_of(value, typname)
+    if kind not in _ORDERED_KINDS:
+        return _FAILS
+    if kind is _Kind.TEXT and expected.as_kind[_Kind.NUMBER] is not None:
+        return _FAILS  # text against a number: code-point order would put "10" before "9"
+    wanted = expected.as_kind[kind]
+    actual = _FIELD_READERS[kind](value)
+    if wanted is None or actual is None:
+        return _FAILS
+    return _HOLDS if order(actual, wanted) else _FAILS
+
+
+def _in_verdict(
+    value: object, typname: str | None, wanted_by_kind: Mapping[_Kind, frozenset[Scalar] | None]
+) -> _Verdict:
+    kind = _kind_of(value, typname)
+    if kind not in _SCALAR_KINDS:
+        return _FAILS
+    wanted = wanted_by_kind[kind]
+    if wanted is None:
+        return _UNREADABLE
+    actual = _FIELD_READERS[kind](value)
+    if actual is None:
+        return _FAILS
+    return _HOLDS if actual in wanted else _FAILS
+
+
+def _contains_verdict(value: object, typname: str | None, expected: _RuleValue) -> _Verdict:
+    kind = _kind_of(value, typname)
+    if kind is _Kind.TEXT:
+        return _HOLDS if isinstance(value, str) and expected.text in value else _FAILS
+    if kind is _Kind.OBJECT:
+        return _HOLDS if isinstance(value, dict) and expected.text in value else _FAILS
+    if kind is not _Kind.ARRAY or not isinstance(value, list):
+        return _FAILS
+    element_typname = typname[1:] if typname is not None and typname.startswith("_") else None
+    element_kind = _TYPNAME_KINDS.get(element_typname or "")
+    if element_kind is not None and expected.as_kind[element_kind] is None:
+        return _UNREADABLE
+    for element in value:
+        typed_as = typname if isinstance(element, list) else element_typname
+        if _equal_verdict(element, typed_as, expected) is _HOLDS:
+            return _HOLDS
+    return _FAILS
+
+
+def _text_verdict(value: object, typname: str | None, test: Callable[[str], bool]) -> _Verdict:
+    if _kind_of(value, typname) is not _Kind.TEXT or not isinstance(value, str):
+        return _FAILS
+    return _HOLDS if test(value) else _FAILS
+
+
+def _null_verdict(value: object, typname: str | None) -> _Verdict:
+    return _HOLDS if value is None or value is MISSING else _FAILS
+
+
+def _same_json(left: object, right: object) -> bool:
+    """JSON equality as decoded: unlike Python's ==, true is not 1."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return left is right
+    if isinstance(left, int | float) and isinstance(right, int | float):
+        return left == right
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(map(_same_json, left, right))
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(_same_json(left[k], right[k]) for k in left)
+    return type(left) is type(right) and left == right
+
+
+# --------------------------------------------------------------------------- operators
+
+_OPERATOR_ALIASES: Final[Mapping[str, str]] = {"==": "=", "<>": "!="}
+_NEGATED: Final[Mapping[str, str]] = {
+    "!=": "=",
+    "NOT_IN": "IN",
+    "NOT_CONTAINS": "CONTAINS",
+    "IS_NOT_NULL": "IS_NULL",
+}
+_ORDERS: Final[Mapping[str, Callable[[Any, Any], Any]]] = {
+    ">": operator.gt,
+    "<": operator.lt,
+    ">=": operator.ge,
+    "<=": operator.le,
+}
+_CHANGE_OPERATORS: Final = frozenset({"CHANGED", "CHANGED_TO", "CHANGED_FROM"})
+_VALUE_FREE_OPERATORS: Final = frozenset({"IS_NULL", "IS_NOT_NULL", "CHANGED"})
+_VALUE_READ_AS_FIELD_TYPE: Final = frozenset(
+    {"=", "!=", "CHANGED_TO", "CHANGED_FROM", "CONTAINS", "NOT_CONTAINS", *_ORDERS}
+)
+
+
+def _equal_test(value: str) -> FieldTest:
+    expected = _RuleValue.read(value)
+    return lambda field, typname: _equal_verdict(field, typname, expected)
+
+
+def _order_test(order: Callable[[Any, Any], Any]) -> Callable[[str], FieldTest]:
+    def build(value: str) -> FieldTest:
+        expected = _RuleValue.read(value)
+        return lambda field, typname: _order_verdict(field, typname, expected, order)
+
+    return build
+
+
+def _contains_test(value: str) -> FieldTest:
+    expected = _RuleValue.read(value)
+    return lambda field, typname: _contains_verdict(field, typname, expected)
+
+
+def _starts_with_test(value: str) -> FieldTest:
+    return lambda field, typname: _text_verdict(field, typname, lambda text: text.startswith(value))
+
+
+def _ends_with_test(value: str) -> FieldTest:
+    return lambda field, typname: _text_verdict(field, typname, lambda text: text.endswith(value))
+
+
+def _matches_test(value: str) -> FieldTest:
+    try:
+        pattern = re.compile(value)
+    except (re.error, OverflowError, RecursionError) as error:
+        raise _Refused(f"the regular expression {value!r} does not compile: {error}") from None
+    found = pattern.search
+    return lambda field, typname: _text_verdict(
+        field, typname, lambda text: found(text) is not None
+    )
+
+
+def _in_test(value: str) -> FieldTest:
+    items = _parse_in_items(value)
+    wanted_by_kind = {kind: _readings_as(kind, items) for kind in _SCALAR_KINDS}
+    return lambda field, typname: _in_verdict(field, typname, wanted_by_kind)
+
+
+def _readings_as(kind: _Kind, items: Iterable[_RuleValue | None]) -> frozenset[Scalar] | None:
+    """The items read as `kind`, or None when one of them cannot be."""
+    readings: set[Scalar] = set()
+    for item in items:
+        reading = None if item is None else item.as_kind[kind]
+        if reading is None:
+            return None
+        readings.add(reading)
+    return frozenset(readings)
+
+
+_FIELD_TESTS: Final[Mapping[str, Callable[[str], FieldTest]]] = {
+    "=": _equal_test,
+    **{name: _order_test(order) for name, order in _ORDERS.items()},
+    "CONTAINS": _contains_test,
+    "STARTS_WITH": _starts_with_test,
+    "ENDS_WITH": _ends_with_test,
+    "MATCHES": _matches_test,
+    "IN": _in_test,
+}
+_KNOWN_OPERATORS: Final = frozenset({*_FIELD_TESTS, *_NEGATED, "IS_NULL", *_CHANGE_OPERATORS})
+
+
+# --------------------------------------------------------------------------- compiling
+
+
+class _Refused(Exception):
+    """A rule or flow setting cannot work; `reason` is the sentence users read."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _table_of(flow: Flow) -> tuple[str, str]:
+    parts = flow.trigger_table.split(".")
+    if len(parts) > 2 or any(not part or part != part.strip() for part in parts):
+        raise FlowDefinitionError(
+            flow.flow_id,
+            "trigger_table",
+            f"{flow.trigger_table!r} is not a table name: write `table` or `schema.table`",
+        )
+    return flow.table_ref
+
+
+def _trigger_event_of(flow: Flow) -> str:
+    trigger_event = flow.trigger_event.strip().upper()
+    if trigger_event != "*" and trigger_event not in CHANGE_TYPES:
+        raise FlowDefinitionError(
+            flow.flow_id,
+            "trigger_event",
+            f"{flow.trigger_event!r} is not INSERT, UPDATE, DELETE or *",
+        )
+    return trigger_event
+
+
+def _match_of(flow: Flow) -> str:
+    match = flow.match.strip().upper()
+    if match not in {"ALL", "ANY"}:
+        raise FlowDefinitionError(flow.flow_id, "match", f"{flow.match!r} is not ALL or ANY")
+    return match
+
+
+def _normalise_operator(name: str) -> str:
+    normalised = name.strip().upper()
+    normalised = _OPERATOR_ALIASES.get(normalised, normalised)
+    if normalised not in _KNOWN_OPERATORS:
+        raise _Refused(f"unknown operator {name!r}")
+    return normalised
+
+
+def _rule_location(position: int, rule: Rule) -> str:
+    if rule.rule_id is not None:
+        return f"rule {rule.rule_id}"
+    return f"rule #{position} (field {rule.field})" if rule.field else f"rule #{position}"
+
+
+def _compile_rule(flow_id: int, position: int, rule: Rule) -> RuleCheck:
+    try:
+        operator_name = _normalise_operator(rule.operator)
+        address = _parse_field(rule.field)
+        if rule.value is None and operator_name not in _VALUE_FREE_OPERATORS:
+            raise _Refused(f"operator {operator_name} needs a value")
+        if operator_name in _CHANGE_OPERATORS:
+            return _changed_check(operator_name, address, rule.value)
+        return _field_check(operator_name, address, rule.value or "")
+    except _Refused as refused:
+        raise FlowDefinitionError(flow_id, _rule_location(position, rule), refused.reason) from None
+
+
+def _field_check(operator_name: str, address: _FieldAddress, value: str) -> RuleCheck:
+    positive = _NEGATED.get(operator_name, operator_name)
+    test = _null_verdict if positive == "IS_NULL" else _FIELD_TESTS[positive](value)
+    holds_on = _FAILS if positive != operator_name else _HOLDS
+    resolve = address.resolve
+
+    def check(view: EventView) -> bool:
+        return test(*resolve(view)) is holds_on
+
+    return check
+
+
+def _changed_check(operator_name: str, address: _FieldAddress, value: str | None) -> RuleCheck:
+    # An explicit old./new. prefix is ignored: CHANGED* always compares the two records.
+    then = None if value is None or operator_name == "CHANGED" else _equal_test(value)
+    compare_old = operator_name == "CHANGED_FROM"
+    column = address.column
+
+    def check(view: EventView) -> bool | None:
+        if view.change_type != "UPDATE":
+            return False
+        if column not in view.old:
+            # REPLICA IDENTITY DEFAULT: old carries only the primary key
+            return None if column in view.new or column in view.column_types else False
+        old_value, old_typname = _resolve(address, view.old, view.column_types)
+        new_value, new_typname = _resolve(address, view.new, view.column_types)
+        if old_value is MISSING or new_value is MISSING or _same_json(old_value, new_value):
+            return False
+        if then is None:
+            return True
+        if compare_old:
+            return then(old_value, old_typname) is _HOLDS
+        return then(new_value, new_typname) is _HOLDS
+
+    return check
+
+
+def _all_hold(checks: tuple[RuleCheck, ...]) -> FlowPredicate:
+    def all_hold(view: EventView) -> tuple[bool, bool]:
+        for check in checks:
+            verdict = check(view)
+            if not verdict:
+                return False, verdict is None
+        return True, False
+
+    return all_hold
+
+
+def _any_holds(checks: tuple[RuleCheck, ...]) -> FlowPredicate:
+    def any_holds(view: EventView) -> tuple[bool, bool]:
+        lacking_identity = False
+        for check in checks:
+            verdict = check(view)
+            if verdict:
+                return True, lacking_identity
+            lacking_identity = lacking_identity or verdict is None
+        return not checks, lacking_identity
+
+    return any_holds

@@ -1,0 +1,179 @@
+"""The command line: parse flags, run a command, map its errors to exit codes.
+
+Exit 0: all went well. Exit 1: something ran and failed. Exit 2: flowd could not
+start; one line on stderr says what to fix (the traceback only with -v).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import traceback
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NoReturn
+
+from flowd import flows as flow_store
+from flowd import replay
+from flowd.app import configure_logging, load_secrets, open_app
+from flowd.catalog import Catalog
+from flowd.config import Settings, env_names, load_settings
+from flowd.errors import ConfigurationError
+from flowd.logs import get_logger
+from flowd.migrate import migrate
+from flowd.validate import validate
+
+COMMANDS = ("run", "migrate", "validate")
+log = get_logger()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigurationError(f"{message} (see flowd --help)")
+
+
+def _iso_instant(text: str) -> datetime:
+    try:
+        instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text!r}") from None
+    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    environment = "\n".join(f"  {name:<32}{text}" for name, text in env_names().items())
+    parser = _Parser(
+        prog="flowd",
+        description="Observe database changes, classify them with your flows' rules, act.",
+        epilog=f"configuration (environment):\n{environment}\n"
+        "  FLOWD_SECRET_<NAME>             a secret for templates (secrets.NAME)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = commands.add_parser("run", help="the daemon (default); with --once, replay events")
+    run.add_argument("--once", action="store_true", help="replay events, then exit")
+    run.add_argument(
+        "--events", metavar="FILE", help="events file, one JSON event a line; - is stdin"
+    )
+    run.add_argument(
+        "--dry-run", action="store_true", help="only print the flows each event matches"
+    )
+    run.add_argument(
+        "--flows", metavar="FILE", help="take flows from this JSON file, not the database"
+    )
+    run.add_argument("--force", action="store_true", help="run flows even where they already ran")
+    run.add_argument("--failed", action="store_true", help="re-run executions that ended FAILURE")
+    run.add_argument(
+        "--since", type=_iso_instant, metavar="ISO", help="with --failed: from then on"
+    )
+    run.add_argument("--flow", type=int, metavar="ID", help="with --failed: this flow only")
+    run.add_argument("--save-events", metavar="FILE", help="append received events to FILE")
+    commands.add_parser("migrate", help="apply flowd's migrations to DATABASE_URL")
+    check = commands.add_parser("validate", help="check every flow and list the problems")
+    check.add_argument("--flows", metavar="FILE", help="check the flows of this file instead")
+    for sub in commands.choices.values():
+        sub.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    argv = list(argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "run")
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        _check_run_flags(args)
+    return args
+
+
+def _check_run_flags(args: argparse.Namespace) -> None:
+    if not args.once:
+        once_only = ["events", "dry_run", "flows", "force", "failed", "since", "flow"]
+        used = [name for name in once_only if getattr(args, name) not in (None, False)]
+        if used:
+            flag = "--" + used[0].replace("_", "-")
+            raise ConfigurationError(f"{flag} needs --once (see flowd --help)")
+        return
+    if bool(args.events) == bool(args.failed):
+        raise ConfigurationError("--once needs either --events FILE or --failed")
+    if (args.since or args.flow is not None) and not args.failed:
+        raise ConfigurationError("--since and --flow go with --failed")
+    if args.failed and (args.dry_run or args.flows or args.force):
+        raise ConfigurationError("--failed does not go with --dry-run, --flows or --force")
+    if args.save_events:
+        raise ConfigurationError("--save-events is for the daemon, not --once")
+
+
+async def _once(args: argparse.Namespace, settings: Settings) -> int:
+    secrets = load_secrets(settings)
+    needs_database = not (args.dry_run and args.flows)
+    async with open_app(settings, secrets, database=needs_database) as app:
+        if args.dry_run:
+            summary = await replay.dry_run(app, args.events, args.flows)
+        elif args.failed:
+            summary = await replay.rerun_failed(app, since=args.since, flow_id=args.flow)
+        else:
+            summary = await replay.replay(app, args.events, args.flows, force=args.force)
+    print(summary.line(), file=sys.stderr)
+    return summary.exit_code
+
+
+async def _migrate(settings: Settings) -> int:
+    secrets = load_secrets(settings)
+    async with open_app(settings, secrets, database=True) as app, app.database.acquire() as conn:
+        applied = await migrate(conn, settings.schema_name)
+    print(
+        f"flowd: {len(applied)} migration(s) applied"
+        + (": " + ", ".join(applied) if applied else "")
+    )
+    return 0
+
+
+async def _validate(args: argparse.Namespace, settings: Settings) -> int:
+    secrets = load_secrets(settings)
+    async with open_app(settings, secrets, database=args.flows is None) as app:
+        if args.flows:
+            loaded = flow_store.load_from_file(Path(args.flows))
+        else:
+            loaded = await flow_store.load_from_database(app.database, settings.schema_name)
+        catalog = Catalog(app.pool) if app.pool is not None else None
+        problems = await validate(loaded, catalog, settings)
+    for problem in problems:
+        print(problem.line())
+    flawed = len({problem.flow_id for problem in problems})
+    print(f"flowd: {len(loaded)} flow(s) checked, {flawed} with problems", file=sys.stderr)
+    return 1 if problems else 0
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "migrate":
+        return await _migrate(settings)
+    if args.command == "validate":
+        return await _validate(args, settings)
+    if args.once:
+        return await _once(args, settings)
+    raise ConfigurationError("flowd run (the Realtime daemon) is not available yet; use --once")
+
+
+def run_cli(argv: Sequence[str]) -> int:
+    verbose = "-v" in argv or "--verbose" in argv
+    try:
+        args = parse_args(argv)
+        settings = load_settings()
+        dry_run = args.command == "run" and args.dry_run
+        # --dry-run's results own stdout; its logs go to stderr so the two never mix.
+        configure_logging(settings, load_secrets(settings), to_stderr=dry_run)
+        return asyncio.run(_dispatch(args, settings))
+    except ConfigurationError as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"flowd: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def main() -> NoReturn:
+    sys.exit(run_cli(sys.argv[1:]))

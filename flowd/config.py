@@ -1,0 +1,137 @@
+"""Configuration: every setting flowd reads from its environment, validated once at start."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flowd.errors import ConfigurationError
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+# Prefixes that belong to flowd but are not settings: template secrets, and the test suite's own.
+_FREE_PREFIXES = ("FLOWD_SECRET_", "FLOWD_TEST_")
+SUPABASE_TRANSACTION_POOLER_PORT = 6543
+
+
+def _env(name: str, default: Any, description: str, **constraints: Any) -> Any:
+    return Field(default, validation_alias=name, description=description, **constraints)
+
+
+class Settings(BaseSettings):
+    """flowd's settings, each read from the environment variable that is its alias."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True)
+
+    database_url: SecretStr | None = _env("DATABASE_URL", None, "Postgres connection string")
+    supabase_url: str | None = _env("SUPABASE_URL", None, "Supabase project URL")
+    supabase_service_role_key: SecretStr | None = _env(
+        "SUPABASE_SERVICE_ROLE_KEY", None, "key for Realtime and Edge Functions; never logged"
+    )
+    schema_name: str = _env("FLOWD_SCHEMA", "public", "schema of flowd's tables")
+    concurrency: int = _env("FLOWD_CONCURRENCY", 16, "events worked on at once", ge=1, le=1024)
+    max_attempts: int = _env("FLOWD_MAX_ATTEMPTS", 5, "tries per HTTP action", ge=1, le=100)
+    action_timeout_s: float = _env("FLOWD_ACTION_TIMEOUT_S", 10.0, "timeout of one HTTP try", gt=0)
+    retry_backoff_s: float = _env(
+        "FLOWD_RETRY_BACKOFF_S", 1.0, "first retry delay, doubled per try", ge=0
+    )
+    retry_max_delay_s: float = _env(
+        "FLOWD_RETRY_MAX_DELAY_S", 60.0, "cap on one retry delay and on Retry-After", ge=0
+    )
+    shutdown_timeout_s: float = _env(
+        "FLOWD_SHUTDOWN_TIMEOUT_S", 25.0, "drain time on SIGTERM", ge=0
+    )
+    max_chain_depth: int = _env(
+        "FLOWD_MAX_CHAIN_DEPTH", 3, "flowd-caused changes that may trigger further flows", ge=0
+    )
+    delivery: Literal["realtime", "durable"] = _env("FLOWD_DELIVERY", "realtime", "event source")
+    db_statement_cache_size: int | None = _env(
+        "FLOWD_DB_STATEMENT_CACHE_SIZE",
+        None,
+        "asyncpg statement cache; default 0 on port 6543 (transaction pooler), else 100",
+        ge=0,
+    )
+    log_format: Literal["json", "console"] | None = _env(
+        "FLOWD_LOG_FORMAT", None, "json off a terminal, console on one"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = _env(
+        "FLOWD_LOG_LEVEL", "info", "debug, info, warning or error"
+    )
+
+    @field_validator("schema_name")
+    @classmethod
+    def _plain_identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.fullmatch(value):
+            raise ValueError("must be a plain identifier such as public or flowd")
+        return value
+
+    @field_validator("log_level", "delivery", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
+            raise ValueError("must be the project URL, such as https://<ref>.supabase.co")
+        return value.rstrip("/")
+
+    def require_database_url(self) -> str:
+        if self.database_url is None or not self.database_url.get_secret_value():
+            raise ConfigurationError(
+                "DATABASE_URL is not set: set it to your Postgres connection string "
+                "(postgresql://user:password@host:5432/postgres)"
+            )
+        return self.database_url.get_secret_value()
+
+    def require_supabase(self) -> tuple[str, str]:
+        if not self.supabase_url or self.supabase_service_role_key is None:
+            raise ConfigurationError(
+                "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY must be set "
+                "(Project Settings → API in the Supabase dashboard)"
+            )
+        return self.supabase_url, self.supabase_service_role_key.get_secret_value()
+
+    @property
+    def statement_cache_size(self) -> int:
+        """0 behind Supabase's transaction-mode pooler (port 6543), which cannot keep them."""
+        if self.db_statement_cache_size is not None:
+            return self.db_statement_cache_size
+        url = self.database_url.get_secret_value() if self.database_url else ""
+        try:
+            port = urlsplit(url).port
+        except ValueError:
+            port = None
+        return 0 if port == SUPABASE_TRANSACTION_POOLER_PORT else 100
+
+
+def env_names() -> dict[str, str]:
+    """Each setting's environment variable and its description, for `--help`."""
+    return {
+        str(field.validation_alias): field.description or ""
+        for field in Settings.model_fields.values()
+    }
+
+
+def load_settings() -> Settings:
+    """Read and check the settings; a typo'd or invalid variable is a ConfigurationError."""
+    known = env_names()
+    for key in os.environ:
+        if key.startswith("FLOWD_") and key not in known and not key.startswith(_FREE_PREFIXES):
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigurationError(f"unknown setting {key}{hint}")
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ConfigurationError(f"{where}: {error['msg']}") from None

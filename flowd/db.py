@@ -1,0 +1,48 @@
+"""Database connections: an asyncpg pool, with driver errors turned into one-line causes.
+
+Works directly and through Supabase's pooler: in session mode as is, in transaction
+mode (port 6543) with the statement cache off (`Settings.statement_cache_size`).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import asyncpg
+
+from flowd.config import Settings
+from flowd.errors import ConfigurationError, DatabaseUnavailable
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+async def create_pool(settings: Settings, *, max_size: int | None = None) -> asyncpg.Pool:
+    """A connection pool to DATABASE_URL; exit-2 errors when it cannot be had."""
+    url = settings.require_database_url()
+    size = max_size or min(settings.concurrency + 2, 20)
+    try:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=1,
+            max_size=size,
+            timeout=CONNECT_TIMEOUT_S,
+            statement_cache_size=settings.statement_cache_size,
+            server_settings={"application_name": "flowd"},
+        )
+    except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError) as exc:
+        raise DatabaseUnavailable(
+            f"the database refused the login ({exc}); check the user and password in DATABASE_URL"
+        ) from None
+    except asyncpg.InvalidCatalogNameError as exc:
+        raise DatabaseUnavailable(f"{exc}; check the database name in DATABASE_URL") from None
+    except (OSError, TimeoutError, socket.gaierror) as exc:
+        raise DatabaseUnavailable(
+            f"cannot reach the database ({type(exc).__name__}: {exc}); "
+            "check the host and port in DATABASE_URL and that the server is up"
+        ) from None
+    except (ValueError, asyncpg.ClientConfigurationError) as exc:
+        raise ConfigurationError(f"DATABASE_URL is not a valid connection string: {exc}") from None
+    except asyncpg.PostgresError as exc:
+        raise DatabaseUnavailable(f"the database refused the connection: {exc}") from None
+    assert pool is not None
+    return pool

@@ -1,0 +1,108 @@
+"""Engine: the pipeline for one change event: classify → claim → act → record.
+
+Used alike by `flowd --once` (events from a file) and `flowd run` (events from
+Realtime). The flow set can be swapped at any time (hot reload); an event uses the
+set it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
+
+from flowd.act import ActionRunner
+from flowd.flows import FlowSet
+from flowd.logs import get_logger
+from flowd.models import ChangeEvent, Flow
+from flowd.record import Recorder, execution_log
+
+log = get_logger()
+
+RunStatus = Literal["SUCCESS", "FAILURE", "SKIPPED"]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRun:
+    flow_id: int
+    execution_id: int | None
+    status: RunStatus
+
+
+class Engine:
+    """Handles events against the current flow set."""
+
+    def __init__(
+        self, flows: FlowSet, runner: ActionRunner, recorder: Recorder, *, force: bool = False
+    ) -> None:
+        self.flows = flows
+        self._runner = runner
+        self._recorder = recorder
+        self._force = force
+        self._identity_warned: set[tuple[str, str]] = set()
+
+    def matching(self, event: ChangeEvent) -> tuple[Flow, ...]:
+        """The flows this event matches, ascending id; warns once per table about identity."""
+        classification = self.flows.index.classify(event)
+        table = (event.schema_name, event.table)
+        if classification.needs_full_identity and table not in self._identity_warned:
+            self._identity_warned.add(table)
+            log.warning(
+                "table.needs_replica_identity_full",
+                table=f"{event.schema_name}.{event.table}",
+                flow_ids=[flow.flow_id for flow in classification.needs_full_identity],
+                fix=f'ALTER TABLE "{event.schema_name}"."{event.table}" REPLICA IDENTITY FULL;',
+            )
+        return classification.flows
+
+    async def handle(self, event: ChangeEvent) -> list[FlowRun]:
+        """Run every matching flow for this event, once each."""
+        with structlog.contextvars.bound_contextvars(
+            table=f"{event.schema_name}.{event.table}", event_key=event.key
+        ):
+            flows = self.flows
+            matched = self.matching(event)
+            log.debug("event.classified", type=event.type, flow_ids=[f.flow_id for f in matched])
+            return [await self._claim_and_run(flows, flow, event) for flow in matched]
+
+    async def rerun(self, flow: Flow, event: ChangeEvent, execution_id: int) -> FlowRun:
+        """Run a flow again under an execution already claimed (`--failed`)."""
+        with structlog.contextvars.bound_contextvars(
+            table=f"{event.schema_name}.{event.table}", event_key=event.key
+        ):
+            return await self._run(self.flows, flow, event, execution_id)
+
+    async def _claim_and_run(self, flows: FlowSet, flow: Flow, event: ChangeEvent) -> FlowRun:
+        execution_id = await self._recorder.claim(flow, event, force=self._force)
+        if execution_id is None:
+            log.info("flow.already_ran", flow_id=flow.flow_id)
+            return FlowRun(flow.flow_id, None, "SKIPPED")
+        return await self._run(flows, flow, event, execution_id)
+
+    async def _run(
+        self, flows: FlowSet, flow: Flow, event: ChangeEvent, execution_id: int
+    ) -> FlowRun:
+        with structlog.contextvars.bound_contextvars(
+            flow_id=flow.flow_id, execution_id=execution_id
+        ):
+            started = time.monotonic()
+            outcomes = await self._runner.run_flow(flow, flows.actions[flow.flow_id], event)
+            status: Literal["SUCCESS", "FAILURE"] = (
+                "SUCCESS" if all(o.ok for o in outcomes) else "FAILURE"
+            )
+            # Shielded: a cancelled run (shutdown) must still leave its outcome behind.
+            await asyncio.shield(
+                self._recorder.finish(
+                    execution_id, status, execution_log(flow, event, outcomes), outcomes
+                )
+            )
+            log.log(
+                20 if status == "SUCCESS" else 40,
+                "flow.executed",
+                status=status,
+                duration_ms=round((time.monotonic() - started) * 1000),
+            )
+            return FlowRun(flow.flow_id, execution_id, status)

@@ -1,0 +1,74 @@
+"""flowd's exceptions: one root, the docstring is the default message.
+
+    FlowdError
+    ├── ConfigurationError        flowd cannot start (exit 2)
+    │   └── DatabaseUnavailable   DATABASE_URL set but the server cannot be reached
+    ├── EventError                an input line is not a change event
+    ├── FlowDefinitionError       a flow cannot work and is refused
+    └── ActionError               an action failed
+        ├── PermanentActionError  retrying cannot help (4xx, bad template, bad config)
+        └── TransientActionError  worth another attempt (timeout, 5xx, 429, lost connection)
+
+Driver errors (asyncpg, httpx, jinja2) are translated once, where they are caught,
+with `raise ... from exc`; only the CLI maps these classes to exit codes.
+"""
+
+from __future__ import annotations
+
+
+class FlowdError(Exception):
+    """flowd failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigurationError(FlowdError):
+    """flowd is not configured correctly."""
+
+
+class DatabaseUnavailable(ConfigurationError):
+    """The database cannot be reached; check DATABASE_URL and that the server is up."""
+
+
+class EventError(FlowdError):
+    """The input is not a change event."""
+
+
+class FlowDefinitionError(FlowdError):
+    """A flow's definition cannot work; the flow is not run."""
+
+    def __init__(self, flow_id: int, where: str, reason: str) -> None:
+        self.flow_id = flow_id
+        self.where = where
+        self.reason = reason
+        super().__init__(f"flow {flow_id}: {where}: {reason}")
+
+
+class ActionError(FlowdError):
+    """An action failed."""
+
+    http_status: int | None = None
+
+
+class PermanentActionError(ActionError):
+    """The action failed in a way another attempt cannot fix."""
+
+    def __init__(self, message: str | None = None, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class TransientActionError(ActionError):
+    """The action failed in a way another attempt may fix."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        http_status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.retry_after_s = retry_after_s

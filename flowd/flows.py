@@ -1,0 +1,125 @@
+"""Flow store: load flow definitions (from the database or a flows file) and prepare them.
+
+Preparing compiles each flow's rules and checks its actions; a flow that cannot work
+is refused with one log line and left out, and every other flow runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pydantic
+
+from flowd import act
+from flowd.catalog import Catalog, quote_ident
+from flowd.classify import FlowIndex, build_index
+from flowd.errors import ConfigurationError, FlowDefinitionError
+from flowd.logs import get_logger
+from flowd.models import Flow
+
+log = get_logger()
+
+_FLOWS_SQL = """
+SELECT f.flow_id, f.name, f.trigger_table, f.trigger_event, f.is_enabled, f.match,
+       COALESCE((SELECT jsonb_agg(jsonb_build_object('rule_id', r.rule_id, 'field', r.field,
+                                                     'operator', r.operator, 'value', r.value)
+                                  ORDER BY r.rule_id)
+                 FROM {schema}.rules r WHERE r.flow_id = f.flow_id), '[]') AS rules,
+       COALESCE((SELECT jsonb_agg(jsonb_build_object('action_id', a.action_id, 'type', a.type,
+                                                     'config', a.config, 'position', a.position)
+                                  ORDER BY a.position, a.action_id)
+                 FROM {schema}.actions a WHERE a.flow_id = f.flow_id), '[]') AS actions
+FROM {schema}.flows f
+ORDER BY f.flow_id
+"""
+
+Loaded = Flow | FlowDefinitionError
+
+
+@dataclass(frozen=True)
+class FlowSet:
+    """The flows that run: their classifier index and prepared actions, and those refused."""
+
+    index: FlowIndex
+    actions: Mapping[int, tuple[act.PreparedAction, ...]]
+    refused: tuple[FlowDefinitionError, ...] = ()
+    by_id: Mapping[int, Flow] = field(default_factory=dict)
+
+
+def _flow_from(row: Mapping[str, Any]) -> Loaded:
+    try:
+        return Flow.model_validate(row)
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "definition"
+        return FlowDefinitionError(int(row.get("flow_id", 0)), where, error["msg"])
+
+
+async def load_from_database(pool: asyncpg.Pool | asyncpg.Connection, schema: str) -> list[Loaded]:
+    """Every flow in `flows` with its rules and actions (disabled ones too)."""
+    try:
+        rows = await pool.fetch(_FLOWS_SQL.format(schema=quote_ident(schema)))
+    except asyncpg.UndefinedTableError:
+        raise ConfigurationError(
+            f"flowd's tables are not in schema {schema}: run `flowd migrate` first"
+        ) from None
+    return [
+        _flow_from(
+            {**row, "rules": json.loads(row["rules"]), "actions": json.loads(row["actions"])}
+        )
+        for row in rows
+    ]
+
+
+def load_from_file(path: Path) -> list[Loaded]:
+    """Flows from a flows file: a JSON array, or an object whose `flows` key holds one."""
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read flows file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"flows file {path} is not JSON: {exc}") from None
+    entries = document.get("flows") if isinstance(document, dict) else document
+    if not isinstance(entries, list):
+        raise ConfigurationError(f"flows file {path} must hold a JSON array of flows")
+    loaded = []
+    for number, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("flow_id"), int):
+            raise ConfigurationError(f"flows file {path}: flow #{number} has no integer flow_id")
+        loaded.append(_flow_from(entry))
+    return loaded
+
+
+async def prepare(loaded: Iterable[Loaded], catalog: Catalog | None) -> FlowSet:
+    """Compile and check the enabled flows; log and leave out each one that cannot work."""
+    refused: list[FlowDefinitionError] = []
+    enabled: list[Flow] = []
+    for item in loaded:
+        if isinstance(item, FlowDefinitionError):
+            refused.append(item)
+        elif item.is_enabled:
+            enabled.append(item)
+    actions: dict[int, tuple[act.PreparedAction, ...]] = {}
+    for flow in enabled:
+        try:
+            actions[flow.flow_id] = await act.prepare(flow, catalog)
+        except FlowDefinitionError as exc:
+            refused.append(exc)
+    index, rule_errors = build_index(flow for flow in enabled if flow.flow_id in actions)
+    refused += rule_errors
+    by_id = {flow.flow_id: flow for flow in index.flows}
+    for problem in refused:
+        log.error(
+            "flow.refused", flow_id=problem.flow_id, where=problem.where, reason=problem.reason
+        )
+    return FlowSet(
+        index=index,
+        actions={flow_id: actions[flow_id] for flow_id in by_id},
+        refused=tuple(refused),
+        by_id=by_id,
+    )

@@ -1,0 +1,70 @@
+"""Structured logs: one JSON object per line on stdout (console rendering on a terminal).
+
+Every line passes through the redactor, so a secret's value never reaches an operator's
+log, whatever field or exception text carries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS["error"] = logging.ERROR
+
+
+def _redacting(redact: Callable[[str], str]) -> Processor:
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            return redact(value)
+        if isinstance(value, dict):
+            return {key: scrub(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [scrub(item) for item in value]
+        return value
+
+    def processor(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        return {key: scrub(value) for key, value in event_dict.items()}
+
+    return processor
+
+
+def configure(
+    *,
+    level: str = "info",
+    log_format: str | None = None,
+    redact: Callable[[str], str] = lambda text: text,
+    stream: TextIO | None = None,
+) -> None:
+    """Set up structlog for the whole process; call again to change redaction or stream."""
+    stream = stream or sys.stdout
+    if log_format is None:
+        log_format = "console" if stream.isatty() else "json"
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if log_format == "console"
+        else structlog.processors.JSONRenderer(default=str)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redacting(redact),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger() -> structlog.typing.FilteringBoundLogger:
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("flowd")
+    return logger

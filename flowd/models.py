@@ -1,0 +1,178 @@
+"""Plain data passed between the stages: change events, flow definitions, outcomes.
+
+Everything here is a frozen pydantic model with no I/O. The source stage builds
+`ChangeEvent`s, the flow store builds `Flow`s, the classifier reads both, the
+actions produce `ActionOutcome`s and the recorder writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ChangeType = Literal["INSERT", "UPDATE", "DELETE"]
+TriggerEvent = Literal["INSERT", "UPDATE", "DELETE", "*"]
+Status = Literal["RUNNING", "SUCCESS", "FAILURE"]
+
+_frozen = ConfigDict(frozen=True, populate_by_name=True)
+
+
+class Column(BaseModel):
+    model_config = _frozen
+
+    name: str
+    type: str
+
+
+class ChangeEvent(BaseModel):
+    """One row change: the `data` object of a Realtime `postgres_changes` frame.
+
+    `record` is None where the wire omits it (DELETE), `old_record` likewise (INSERT).
+    Built from the supabase-js shape (`eventType`, `new`, `old`) too.
+    """
+
+    model_config = _frozen
+
+    schema_name: str = Field(alias="schema")
+    table: str
+    type: ChangeType
+    commit_timestamp: str | None = None
+    columns: tuple[Column, ...] = ()
+    record: dict[str, Any] | None = None
+    old_record: dict[str, Any] | None = None
+    errors: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_supabase_js_shape(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "eventType" not in data or "type" in data:
+            return data
+        data = dict(data)
+        change_type = str(data.pop("eventType")).upper()
+        new, old = data.pop("new", None), data.pop("old", None)
+        data["type"] = change_type
+        if change_type != "DELETE" and new is not None:
+            data["record"] = new
+        if change_type != "INSERT" and old is not None:
+            data["old_record"] = old
+        return data
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _enum_value(cls, value: Any) -> Any:
+        # The realtime client hands over a str Enum; its str() is the member name.
+        return getattr(value, "value", value)
+
+    @property
+    def new(self) -> dict[str, Any]:
+        return self.record or {}
+
+    @property
+    def old(self) -> dict[str, Any]:
+        return self.old_record or {}
+
+    @property
+    def column_types(self) -> dict[str, str]:
+        return {column.name: column.type for column in self.columns}
+
+    @property
+    def key(self) -> str:
+        """A stable idempotency key: the same change always, two changes never, share one."""
+        identity = {
+            "schema": self.schema_name,
+            "table": self.table,
+            "type": self.type,
+            "commit_timestamp": self.commit_timestamp,
+            "record": self.record,
+            "old_record": self.old_record,
+        }
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+    def to_wire(self) -> dict[str, Any]:
+        """The event as it arrives on the wire (absent records stay absent)."""
+        return self.model_dump(by_alias=True, exclude_none=True, exclude={"errors"}) | {
+            "errors": self.errors
+        }
+
+
+class Rule(BaseModel):
+    model_config = _frozen
+
+    rule_id: int | None = None
+    field: str
+    operator: str
+    value: str | None = None
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value_as_text(cls, value: Any) -> Any:
+        # A flows file may write `"value": 5` or `["High", "Urgent"]`; the column is text.
+        if value is None or isinstance(value, str):
+            return value
+        return json.dumps(value)
+
+
+class Action(BaseModel):
+    model_config = _frozen
+
+    action_id: int | None = None
+    type: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    position: int = 0
+
+
+class Flow(BaseModel):
+    """A flow as stored in `flows`, with its rules and actions."""
+
+    model_config = _frozen
+
+    flow_id: int
+    name: str
+    trigger_table: str
+    trigger_event: str = "*"
+    is_enabled: bool = True
+    match: str = "ALL"
+    rules: tuple[Rule, ...] = ()
+    actions: tuple[Action, ...] = ()
+
+    @property
+    def table_ref(self) -> tuple[str, str]:
+        """(schema, table) named by `trigger_table`; a bare name is in `public`."""
+        schema, _, table = self.trigger_table.rpartition(".")
+        return (schema or "public", table)
+
+    @property
+    def ordered_actions(self) -> tuple[Action, ...]:
+        return tuple(sorted(self.actions, key=lambda a: (a.position, a.action_id or 0)))
+
+
+class ActionOutcome(BaseModel):
+    """What one action did: the per-action details kept in `flow_executions`."""
+
+    model_config = _frozen
+
+    action_id: int | None
+    type: str
+    ok: bool
+    attempts: int = 0
+    duration_ms: int = 0
+    http_status: int | None = None
+    rows_written: int | None = None
+    error: str | None = None
+
+    def describe(self) -> str:
+        """One line of the execution's human-readable log."""
+        what = f"action {self.action_id} {self.type}"
+        if self.http_status is not None:
+            what += f" HTTP {self.http_status}"
+        if self.rows_written is not None:
+            what += f" rows written {self.rows_written}"
+        what += f", {self.attempts} attempt{'s' if self.attempts != 1 else ''}"
+        what += f", {self.duration_ms} ms"
+        return f"{'ok' if self.ok else 'FAILED'}: {what}" + (
+            f": {self.error}" if self.error else ""
+        )

@@ -1,0 +1,107 @@
+"""Record: claim a (flow, event) pair in `flow_executions`, then write its outcome.
+
+The claim is an INSERT of a RUNNING row that the unique `(flow_id, event_key)` lets
+only one process win: a replay, a reconnect or a second replica finds the row and
+skips the flow. `--force` takes the row over instead; `--failed` takes over rows that
+ended FAILURE. The outcome is written with the human-readable `log` and the
+per-action details in `actions`; every text is redacted first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from flowd.catalog import quote_ident
+from flowd.models import ActionOutcome, ChangeEvent, Flow, Status
+
+
+@dataclass(frozen=True, slots=True)
+class FailedExecution:
+    execution_id: int
+    flow_id: int
+    event: ChangeEvent
+
+
+def execution_log(flow: Flow, event: ChangeEvent, outcomes: Sequence[ActionOutcome]) -> str:
+    """The `log` column: what happened, one line per step, for a person."""
+    lines = [
+        f"flow {flow.flow_id} ({flow.name}) matched {event.type} on "
+        f"{event.schema_name}.{event.table} at {event.commit_timestamp}"
+    ]
+    lines += [outcome.describe() for outcome in outcomes]
+    if not flow.actions:
+        lines.append("no actions")
+    elif len(outcomes) < len(flow.actions):
+        lines.append(f"skipped {len(flow.actions) - len(outcomes)} later action(s)")
+    return "\n".join(lines)
+
+
+class Recorder:
+    """Reads and writes `flow_executions` in the flows schema."""
+
+    def __init__(self, pool: asyncpg.Pool, schema: str, redact: Callable[[str], str]) -> None:
+        self._pool = pool
+        self._table = f"{quote_ident(schema)}.flow_executions"
+        self._redact = redact
+
+    async def claim(self, flow: Flow, event: ChangeEvent, *, force: bool = False) -> int | None:
+        """Start an execution; None when this flow already ran (or runs) for this event."""
+        takeover = (
+            "DO UPDATE SET status = 'RUNNING', triggered_at = now(), finished_at = NULL,"
+            f" runs = {self._table}.runs + 1, log = '', actions = '[]'"
+            if force
+            else "DO NOTHING"
+        )
+        execution_id: int | None = await self._pool.fetchval(
+            f"INSERT INTO {self._table} (flow_id, event_key, status, event)"
+            f" VALUES ($1, $2, 'RUNNING', $3::jsonb)"
+            f" ON CONFLICT (flow_id, event_key) {takeover} RETURNING execution_id",
+            flow.flow_id,
+            event.key,
+            json.dumps(event.to_wire(), default=str),
+        )
+        return execution_id
+
+    async def claim_failed(self, execution_id: int) -> bool:
+        """Take over an execution that ended FAILURE, to run it again; False if gone or taken."""
+        claimed = await self._pool.fetchval(
+            f"UPDATE {self._table} SET status = 'RUNNING', triggered_at = now(),"
+            " finished_at = NULL, runs = runs + 1"
+            " WHERE execution_id = $1 AND status = 'FAILURE' RETURNING true",
+            execution_id,
+        )
+        return bool(claimed)
+
+    async def finish(
+        self, execution_id: int, status: Status, log: str, outcomes: Sequence[ActionOutcome]
+    ) -> None:
+        details = json.dumps([outcome.model_dump() for outcome in outcomes])
+        await self._pool.execute(
+            f"UPDATE {self._table} SET status = $2, finished_at = now(), log = $3,"
+            " actions = $4::jsonb WHERE execution_id = $1",
+            execution_id,
+            status,
+            self._redact(log),
+            self._redact(details),
+        )
+
+    async def failed(self, *, since: datetime | None, flow_id: int | None) -> list[FailedExecution]:
+        """Executions that ended FAILURE, oldest first."""
+        rows = await self._pool.fetch(
+            f"SELECT execution_id, flow_id, event FROM {self._table}"
+            " WHERE status = 'FAILURE' AND ($1::timestamptz IS NULL OR triggered_at >= $1)"
+            " AND ($2::bigint IS NULL OR flow_id = $2) ORDER BY triggered_at, execution_id",
+            since,
+            flow_id,
+        )
+        return [
+            FailedExecution(
+                row["execution_id"], row["flow_id"], ChangeEvent.model_validate_json(row["event"])
+            )
+            for row in rows
+        ]

@@ -1,0 +1,83 @@
+"""`flowd validate`: check every flow against the database and list the problems.
+
+Checks, per flow: its rules compile; its actions are well-formed; its trigger table
+exists; each rule's field is a column and its value reads as that column's type;
+a table whose flows use `CHANGED*` has REPLICA IDENTITY FULL; the table is in the
+Realtime publication (when delivery is `realtime`); FUNCTION_CALL has SUPABASE_URL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flowd import act
+from flowd.catalog import Catalog
+from flowd.classify import check_rule_against_columns, compile_flow
+from flowd.config import Settings
+from flowd.errors import FlowDefinitionError
+from flowd.flows import Loaded
+from flowd.models import Flow
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    flow_id: int
+    name: str
+    text: str
+
+    def line(self) -> str:
+        return f"flow {self.flow_id} ({self.name}): {self.text}"
+
+
+def _rule_label(flow: Flow, index: int) -> str:
+    rule = flow.rules[index]
+    return f"rule {rule.rule_id}" if rule.rule_id is not None else f"rule #{index + 1}"
+
+
+async def _table_problems(flow: Flow, catalog: Catalog, settings: Settings) -> list[str]:
+    schema, name = flow.table_ref
+    table = await catalog.table(schema, name)
+    if table is None:
+        return [f"trigger table {schema}.{name} does not exist"]
+    problems = []
+    for index, rule in enumerate(flow.rules):
+        if (problem := check_rule_against_columns(rule, table.column_types)) is not None:
+            problems.append(f"{_rule_label(flow, index)}: {problem}")
+    uses_changed = any(rule.operator.upper().startswith("CHANGED") for rule in flow.rules)
+    if uses_changed and not table.replica_identity_full:
+        problems.append(
+            f"CHANGED rules need the old row: ALTER TABLE {table.qualified} REPLICA IDENTITY FULL;"
+        )
+    if settings.delivery == "realtime" and (
+        problem := await catalog.publication_problem(schema, name)
+    ):
+        problems.append(problem)
+    return problems
+
+
+async def validate(
+    loaded: list[Loaded], catalog: Catalog | None, settings: Settings
+) -> list[Problem]:
+    """Every problem of every flow (disabled ones too), in flow order."""
+    problems: list[Problem] = []
+    for item in loaded:
+        if isinstance(item, FlowDefinitionError):
+            problems.append(Problem(item.flow_id, "?", f"{item.where}: {item.reason}"))
+            continue
+        texts: list[str] = []
+        try:
+            compile_flow(item)
+        except FlowDefinitionError as exc:
+            texts.append(f"{exc.where}: {exc.reason}")
+        try:
+            await act.prepare(item, catalog)
+        except FlowDefinitionError as exc:
+            texts.append(f"{exc.where}: {exc.reason}")
+        if catalog is not None:
+            texts += await _table_problems(item, catalog, settings)
+        if settings.supabase_url is None and any(
+            action.type.upper() == "FUNCTION_CALL" for action in item.actions
+        ):
+            texts.append("FUNCTION_CALL needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
+        problems += [Problem(item.flow_id, item.name, text) for text in texts]
+    return problems

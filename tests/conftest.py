@@ -1,0 +1,116 @@
+"""Fixtures: a real PostgreSQL per session, a fresh migrated database per test, HTTP targets.
+
+The session starts its own temporary cluster (or uses FLOWD_TEST_DATABASE_URL). A
+template database gets flowd's migrations and the example `tasks` table once; each
+test gets a clone of it, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from flowd.migrate import migrate
+from tests.support.http_target import HttpTarget
+from tests.support.postgres import TemporaryCluster
+
+TEMPLATE = "flowd_test_template"
+FIXTURES = Path(__file__).parent / "fixtures"
+_database_numbers = itertools.count(1)
+
+
+def frame(name: str) -> dict[str, Any]:
+    """An example frame of the Realtime contract, as a decoded JSON object."""
+    loaded: dict[str, Any] = json.loads((FIXTURES / "frames" / f"{name}.json").read_text())
+    return loaded
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+class Databases:
+    """Creates databases on the test server, as clones of the migrated template."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+
+    async def _admin(self, sql: str) -> None:
+        connection = await asyncpg.connect(self.admin_url)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    async def build_template(self) -> None:
+        await self._admin(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        await self._admin(f"CREATE DATABASE {TEMPLATE}")
+        connection = await asyncpg.connect(self.url(TEMPLATE))
+        try:
+            await migrate(connection, "public")
+            await connection.execute((Path(__file__).parent / "support" / "schema.sql").read_text())
+        finally:
+            await connection.close()
+
+    def url(self, database: str) -> str:
+        return _with_database(self.admin_url, database)
+
+    async def clone(self) -> str:
+        name = f"flowd_test_{os.getpid()}_{next(_database_numbers)}"
+        await self._admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        return name
+
+    async def drop(self, name: str) -> None:
+        await self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The admin URL of the test PostgreSQL server."""
+    if url := os.environ.get("FLOWD_TEST_DATABASE_URL"):
+        yield url
+        return
+    cluster = TemporaryCluster(tmp_path_factory.mktemp("pg"))
+    cluster.start()
+    try:
+        yield cluster.dsn
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+async def databases(server_url: str) -> Databases:
+    created = Databases(server_url)
+    await created.build_template()
+    return created
+
+
+@pytest.fixture
+async def database_url(databases: Databases) -> AsyncIterator[str]:
+    """A fresh database with flowd's tables and the example `tasks` table, for one test."""
+    name = await databases.clone()
+    yield databases.url(name)
+    await databases.drop(name)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def http_target() -> AsyncIterator[HttpTarget]:
+    async with HttpTarget() as target:
+        yield target
+
