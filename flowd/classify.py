@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Final
 
 from flowd.errors import FlowDefinitionError
@@ -42,7 +42,7 @@ __all__ = [
     "compile_flow",
 ]
 
-CHANGE_TYPES: Final[tuple[ChangeType, ...]] = ("INSERT", "UPDATE", "DELETE")
+_CHANGE_TYPES: Final[tuple[ChangeType, ...]] = ("INSERT", "UPDATE", "DELETE")
 
 
 class _Missing:
@@ -54,7 +54,7 @@ class _Missing:
         return "MISSING"
 
 
-MISSING: Final = _Missing()
+_MISSING: Final = _Missing()
 
 
 # --------------------------------------------------------------------------- events
@@ -128,7 +128,7 @@ class FlowIndex:
         by_event_kind: dict[tuple[str, str, str], list[CompiledFlow]] = {}
         for compiled in self._compiled:
             schema, table, trigger_event = compiled.binding
-            change_types = CHANGE_TYPES if trigger_event == "*" else (trigger_event,)
+            change_types = _CHANGE_TYPES if trigger_event == "*" else (trigger_event,)
             for change_type in change_types:
                 by_event_kind.setdefault((schema, table, change_type), []).append(compiled)
         self._by_event_kind = {key: tuple(value) for key, value in by_event_kind.items()}
@@ -219,8 +219,10 @@ def check_rule_against_columns(rule: Rule, column_types: Mapping[str, str]) -> s
 # --------------------------------------------------------------------------- types
 
 
-class _Kind(Enum):
+class _Kind(StrEnum):
     """What a field is compared as; the value reads in error messages."""
+
+    # StrEnum rather than Enum: str's C hash keeps the per-event kind lookups cheap
 
     NUMBER = "a number"
     BOOL = "a boolean"
@@ -253,13 +255,13 @@ def _kind_of(value: object, typname: str | None) -> _Kind:
         if declared is not None:
             return declared
         # text, uuid, enum, …; a domain over a number still arrives as a JSON number
-        if value is None or value is MISSING or isinstance(value, str):
+        if value is None or value is _MISSING or isinstance(value, str):
             return _Kind.TEXT
     return _json_kind(value)
 
 
 def _json_kind(value: object) -> _Kind:
-    if value is None or value is MISSING:
+    if value is None or value is _MISSING:
         return _Kind.NULL
     if isinstance(value, bool):  # before int: bool is an int in Python
         return _Kind.BOOL
@@ -439,8 +441,8 @@ def _parse_field(field: str) -> _FieldAddress:
 def _resolve(
     address: _FieldAddress, record: Mapping[str, Any], column_types: Mapping[str, str]
 ) -> tuple[object, str | None]:
-    """The addressed value (or MISSING) and its Postgres type name when one is known."""
-    value: object = record.get(address.column, MISSING)
+    """The addressed value (or _MISSING) and its Postgres type name when one is known."""
+    value: object = record.get(address.column, _MISSING)
     typname = column_types.get(address.column)
     for step in address.steps:
         value, typname = _descend(value, typname, step)
@@ -449,14 +451,14 @@ def _resolve(
 
 def _descend(value: object, typname: str | None, step: _Step) -> tuple[object, str | None]:
     if isinstance(value, dict):
-        return value.get(step.key, MISSING), None
+        return value.get(step.key, _MISSING), None
     if isinstance(value, list) and step.index is not None and step.index < len(value):
         element = value[step.index]
         if typname is None or not typname.startswith("_"):
             return element, None
         # a row of a multidimensional array is still an array of the element type
         return element, typname if isinstance(element, list) else typname[1:]
-    return MISSING, None
+    return _MISSING, None
 
 
 def _addressed_type(
@@ -574,7 +576,7 @@ def _text_verdict(value: object, typname: str | None, test: Callable[[str], bool
 
 
 def _null_verdict(value: object, typname: str | None) -> _Verdict:
-    return _HOLDS if value is None or value is MISSING else _FAILS
+    return _HOLDS if value is None or value is _MISSING else _FAILS
 
 
 def _same_json(left: object, right: object) -> bool:
@@ -702,7 +704,7 @@ def _table_of(flow: Flow) -> tuple[str, str]:
 
 def _trigger_event_of(flow: Flow) -> str:
     trigger_event = flow.trigger_event.strip().upper()
-    if trigger_event != "*" and trigger_event not in CHANGE_TYPES:
+    if trigger_event != "*" and trigger_event not in _CHANGE_TYPES:
         raise FlowDefinitionError(
             flow.flow_id,
             "trigger_event",
@@ -771,7 +773,7 @@ def _changed_check(operator_name: str, address: _FieldAddress, value: str | None
             return None if column in view.new or column in view.column_types else False
         old_value, old_typname = _resolve(address, view.old, view.column_types)
         new_value, new_typname = _resolve(address, view.new, view.column_types)
-        if old_value is MISSING or new_value is MISSING or _same_json(old_value, new_value):
+        if old_value is _MISSING or new_value is _MISSING or _same_json(old_value, new_value):
             return False
         if then is None:
             return True

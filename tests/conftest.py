@@ -113,4 +113,3 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 async def http_target() -> AsyncIterator[HttpTarget]:
     async with HttpTarget() as target:
         yield target
-

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -41,6 +42,7 @@ class ReceivedRequest:
     headers: dict[str, str]  # names lower-cased; repeated headers joined with ", "
     body: bytes
     query: str = ""
+    received_at: float = 0.0  # time.monotonic() when the request was complete
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -240,7 +242,12 @@ class HttpTarget:
         split = urlsplit(target)
         path = split.path or "/"
         request = ReceivedRequest(
-            method=method.upper(), path=path, headers=headers, body=body, query=split.query
+            method=method.upper(),
+            path=path,
+            headers=headers,
+            body=body,
+            query=split.query,
+            received_at=time.monotonic(),
         )
         self.requests.append(request)
 
