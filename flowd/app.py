@@ -32,6 +32,7 @@ class App:
     http: httpx.AsyncClient
     pool: asyncpg.Pool | None
     runner: ActionRunner
+    execution_log: Recorder | None  # None without a database
 
     @property
     def database(self) -> asyncpg.Pool:
@@ -44,7 +45,8 @@ class App:
 
     @property
     def recorder(self) -> Recorder:
-        return Recorder(self.database, self.settings.schema_name, self.secrets.redact)
+        assert self.execution_log is not None, "this command was opened without a database"
+        return self.execution_log
 
 
 def load_secrets(settings: Settings) -> Secrets:
@@ -73,7 +75,10 @@ async def open_app(settings: Settings, secrets: Secrets, *, database: bool) -> A
     try:
         async with httpx.AsyncClient(follow_redirects=False) as client:
             runner = ActionRunner(settings=settings, secrets=secrets, http_client=client, pool=pool)
-            yield App(settings, secrets, client, pool, runner)
+            recorder = (
+                Recorder(pool, settings.schema_name, secrets.redact) if pool is not None else None
+            )
+            yield App(settings, secrets, client, pool, runner, recorder)
     finally:
         if pool is not None:
             await pool.close()

@@ -20,6 +20,7 @@ from flowd import replay
 from flowd.app import configure_logging, load_secrets, open_app
 from flowd.catalog import Catalog
 from flowd.config import Settings, env_names, load_settings
+from flowd.daemon import run_daemon
 from flowd.errors import ConfigurationError
 from flowd.logs import get_logger
 from flowd.migrate import migrate
@@ -120,6 +121,15 @@ async def _once(args: argparse.Namespace, settings: Settings) -> int:
     return summary.exit_code
 
 
+async def _daemon(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require_supabase()
+    if settings.delivery == "durable":
+        raise ConfigurationError("FLOWD_DELIVERY=durable is not available yet; use realtime")
+    secrets = load_secrets(settings)
+    async with open_app(settings, secrets, database=True) as app:
+        return await run_daemon(app, args.save_events)
+
+
 async def _migrate(settings: Settings) -> int:
     secrets = load_secrets(settings)
     async with open_app(settings, secrets, database=True) as app, app.database.acquire() as conn:
@@ -154,7 +164,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await _validate(args, settings)
     if args.once:
         return await _once(args, settings)
-    raise ConfigurationError("flowd run (the Realtime daemon) is not available yet; use --once")
+    return await _daemon(args, settings)
 
 
 def run_cli(argv: Sequence[str]) -> int:

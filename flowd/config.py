@@ -50,6 +50,27 @@ class Settings(BaseSettings):
         "FLOWD_MAX_CHAIN_DEPTH", 3, "flowd-caused changes that may trigger further flows", ge=0
     )
     delivery: Literal["realtime", "durable"] = _env("FLOWD_DELIVERY", "realtime", "event source")
+    queue_size: int = _env(
+        "FLOWD_QUEUE_SIZE", 1000, "events held in memory before backpressure", ge=1
+    )
+    reload_interval_s: float = _env(
+        "FLOWD_RELOAD_INTERVAL_S", 30.0, "re-read flows at least this often", gt=0
+    )
+    realtime_heartbeat_s: float = _env(
+        "FLOWD_REALTIME_HEARTBEAT_S", 25.0, "heartbeat whose replies are checked", gt=0
+    )
+    realtime_stall_s: float = _env(
+        "FLOWD_REALTIME_STALL_S", 60.0, "silence after which the connection is rebuilt", gt=0
+    )
+    realtime_ready_timeout_s: float = _env(
+        "FLOWD_REALTIME_READY_TIMEOUT_S", 20.0, "wait for 'Subscribed to PostgreSQL'", gt=0
+    )
+    realtime_backoff_s: float = _env(
+        "FLOWD_REALTIME_BACKOFF_S", 1.0, "first reconnect delay, doubled per failure", gt=0
+    )
+    realtime_max_backoff_s: float = _env(
+        "FLOWD_REALTIME_MAX_BACKOFF_S", 30.0, "cap on the reconnect delay", gt=0
+    )
     db_statement_cache_size: int | None = _env(
         "FLOWD_DB_STATEMENT_CACHE_SIZE",
         None,

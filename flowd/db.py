@@ -27,7 +27,8 @@ async def create_pool(settings: Settings, *, max_size: int | None = None) -> asy
             max_size=size,
             timeout=CONNECT_TIMEOUT_S,
             statement_cache_size=settings.statement_cache_size,
-            server_settings={"application_name": "flowd"},
+            # UTC, as on Supabase: rows read back encode timestamps as Realtime sends them.
+            server_settings={"application_name": "flowd", "TimeZone": "UTC"},
         )
     except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError) as exc:
         raise DatabaseUnavailable(

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
-from flowd.act import ActionRunner
+from flowd.act import ActionRunner, RowsWritten
+from flowd.catalog import Table
+from flowd.chain import EXTERNAL, Cause, OwnWrites
 from flowd.flows import FlowSet
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent, Flow
@@ -36,12 +40,21 @@ class Engine:
     """Handles events against the current flow set."""
 
     def __init__(
-        self, flows: FlowSet, runner: ActionRunner, recorder: Recorder, *, force: bool = False
+        self,
+        flows: FlowSet,
+        runner: ActionRunner,
+        recorder: Recorder,
+        *,
+        force: bool = False,
+        own_writes: OwnWrites | None = None,
+        max_chain_depth: int = 3,
     ) -> None:
         self.flows = flows
         self._runner = runner
         self._recorder = recorder
         self._force = force
+        self._own_writes = own_writes
+        self._max_chain_depth = max_chain_depth
         self._identity_warned: set[tuple[str, str]] = set()
 
     def matching(self, event: ChangeEvent) -> tuple[Flow, ...]:
@@ -60,36 +73,60 @@ class Engine:
 
     async def handle(self, event: ChangeEvent) -> list[FlowRun]:
         """Run every matching flow for this event, once each."""
-        with structlog.contextvars.bound_contextvars(
-            table=f"{event.schema_name}.{event.table}", event_key=event.key
-        ):
+        with _event_context(event):
             flows = self.flows
+            cause = self._own_writes.recognise(event) if self._own_writes else EXTERNAL
             matched = self.matching(event)
-            log.debug("event.classified", type=event.type, flow_ids=[f.flow_id for f in matched])
-            return [await self._claim_and_run(flows, flow, event) for flow in matched]
+            log.debug(
+                "event.classified",
+                type=event.type,
+                flow_ids=[f.flow_id for f in matched],
+                chain_depth=cause.depth,
+            )
+            if matched and cause.depth > self._max_chain_depth:
+                log.warning(
+                    "flow.loop_detected",
+                    chain_flow_ids=list(cause.flows),
+                    flow_ids=[flow.flow_id for flow in matched],
+                    depth=cause.depth,
+                    max_chain_depth=self._max_chain_depth,
+                )
+                return []
+            return [await self._claim_and_run(flows, flow, event, cause) for flow in matched]
+
+    async def record_not_started(self, event: ChangeEvent, reason: str) -> None:
+        """Record FAILURE for each flow this event matches, so `--failed` can run it later."""
+        with _event_context(event):
+            for flow in self.matching(event):
+                execution_id = await self._recorder.claim(flow, event)
+                if execution_id is not None:
+                    await self._recorder.finish(execution_id, "FAILURE", reason, [])
+                    log.warning("flow.not_started", flow_id=flow.flow_id, reason=reason)
 
     async def rerun(self, flow: Flow, event: ChangeEvent, execution_id: int) -> FlowRun:
         """Run a flow again under an execution already claimed (`--failed`)."""
-        with structlog.contextvars.bound_contextvars(
-            table=f"{event.schema_name}.{event.table}", event_key=event.key
-        ):
-            return await self._run(self.flows, flow, event, execution_id)
+        with _event_context(event):
+            return await self._run(self.flows, flow, event, execution_id, EXTERNAL)
 
-    async def _claim_and_run(self, flows: FlowSet, flow: Flow, event: ChangeEvent) -> FlowRun:
+    async def _claim_and_run(
+        self, flows: FlowSet, flow: Flow, event: ChangeEvent, cause: Cause
+    ) -> FlowRun:
         execution_id = await self._recorder.claim(flow, event, force=self._force)
         if execution_id is None:
             log.info("flow.already_ran", flow_id=flow.flow_id)
             return FlowRun(flow.flow_id, None, "SKIPPED")
-        return await self._run(flows, flow, event, execution_id)
+        return await self._run(flows, flow, event, execution_id, cause)
 
     async def _run(
-        self, flows: FlowSet, flow: Flow, event: ChangeEvent, execution_id: int
+        self, flows: FlowSet, flow: Flow, event: ChangeEvent, execution_id: int, cause: Cause
     ) -> FlowRun:
         with structlog.contextvars.bound_contextvars(
             flow_id=flow.flow_id, execution_id=execution_id
         ):
             started = time.monotonic()
-            outcomes = await self._runner.run_flow(flow, flows.actions[flow.flow_id], event)
+            outcomes = await self._runner.run_flow(
+                flow, flows.actions[flow.flow_id], event, self._remembering(cause, flow)
+            )
             status: Literal["SUCCESS", "FAILURE"] = (
                 "SUCCESS" if all(o.ok for o in outcomes) else "FAILURE"
             )
@@ -106,3 +143,21 @@ class Engine:
                 duration_ms=round((time.monotonic() - started) * 1000),
             )
             return FlowRun(flow.flow_id, execution_id, status)
+
+    def _remembering(self, cause: Cause, flow: Flow) -> RowsWritten | None:
+        own_writes = self._own_writes
+        if own_writes is None:
+            return None
+
+        def remember(table: Table, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+            own_writes.remember(
+                table.schema, table.name, table.primary_key, columns, rows, cause.then(flow.flow_id)
+            )
+
+        return remember
+
+
+def _event_context(event: ChangeEvent) -> AbstractContextManager[None]:
+    return structlog.contextvars.bound_contextvars(
+        table=f"{event.schema_name}.{event.table}", event_key=event.key
+    )

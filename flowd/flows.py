@@ -16,8 +16,8 @@ import asyncpg
 import pydantic
 
 from flowd import act
-from flowd.catalog import Catalog, quote_ident
-from flowd.classify import FlowIndex, build_index
+from flowd.catalog import Catalog, Table, quote_ident
+from flowd.classify import CompiledFlow, FlowIndex, compile_flow
 from flowd.errors import ConfigurationError, FlowDefinitionError
 from flowd.logs import get_logger
 from flowd.models import Flow
@@ -49,6 +49,7 @@ class FlowSet:
     actions: Mapping[int, tuple[act.PreparedAction, ...]]
     refused: tuple[FlowDefinitionError, ...] = ()
     by_id: Mapping[int, Flow] = field(default_factory=dict)
+    tables: Mapping[tuple[str, str], Table] = field(default_factory=dict)  # trigger tables
 
 
 def _flow_from(row: Mapping[str, Any]) -> Loaded:
@@ -95,31 +96,55 @@ def load_from_file(path: Path) -> list[Loaded]:
     return loaded
 
 
-async def prepare(loaded: Iterable[Loaded], catalog: Catalog | None) -> FlowSet:
-    """Compile and check the enabled flows; log and leave out each one that cannot work."""
+async def _compile(
+    flow: Flow, catalog: Catalog | None
+) -> tuple[CompiledFlow, tuple[act.PreparedAction, ...]]:
+    return compile_flow(flow), await act.prepare(flow, catalog)
+
+
+async def prepare(
+    loaded: Iterable[Loaded], catalog: Catalog | None, previous: FlowSet | None = None
+) -> FlowSet:
+    """Compile and check the enabled flows; log and leave out each one that cannot work.
+
+    With `previous` (a reload), a flow whose new definition is refused keeps running
+    its last good definition.
+    """
     refused: list[FlowDefinitionError] = []
-    enabled: list[Flow] = []
-    for item in loaded:
-        if isinstance(item, FlowDefinitionError):
-            refused.append(item)
-        elif item.is_enabled:
-            enabled.append(item)
+    compiled: list[CompiledFlow] = []
     actions: dict[int, tuple[act.PreparedAction, ...]] = {}
-    for flow in enabled:
+    for item in loaded:
+        if isinstance(item, Flow) and not item.is_enabled:
+            continue
         try:
-            actions[flow.flow_id] = await act.prepare(flow, catalog)
-        except FlowDefinitionError as exc:
-            refused.append(exc)
-    index, rule_errors = build_index(flow for flow in enabled if flow.flow_id in actions)
-    refused += rule_errors
-    by_id = {flow.flow_id: flow for flow in index.flows}
-    for problem in refused:
-        log.error(
-            "flow.refused", flow_id=problem.flow_id, where=problem.where, reason=problem.reason
-        )
+            if isinstance(item, FlowDefinitionError):
+                raise item
+            flow, prepared = await _compile(item, catalog)
+        except FlowDefinitionError as problem:
+            refused.append(problem)
+            last_good = previous.by_id.get(problem.flow_id) if previous else None
+            log.error(
+                "flow.refused",
+                flow_id=problem.flow_id,
+                where=problem.where,
+                reason=problem.reason,
+                kept_previous_definition=last_good is not None,
+            )
+            if last_good is None or previous is None:
+                continue
+            flow, prepared = compile_flow(last_good), previous.actions[problem.flow_id]
+        compiled.append(flow)
+        actions[flow.flow.flow_id] = prepared
+    index = FlowIndex(compiled)
+    tables: dict[tuple[str, str], Table] = {}
+    if catalog is not None:
+        for schema, name, _ in index.bindings():
+            if (table := await catalog.table(schema, name)) is not None:
+                tables[(schema, name)] = table
     return FlowSet(
         index=index,
-        actions={flow_id: actions[flow_id] for flow_id in by_id},
+        actions=actions,
         refused=tuple(refused),
-        by_id=by_id,
+        by_id={flow.flow_id: flow for flow in index.flows},
+        tables=tables,
     )

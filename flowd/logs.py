@@ -63,6 +63,26 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    _route_library_logs()
+
+
+class _LibraryLogs(logging.Handler):
+    """Libraries (realtime, websockets, asyncpg) log through `logging`: same JSON lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        get_logger().log(
+            record.levelno, "library.log", logger=record.name, message=record.getMessage()
+        )
+
+
+def _route_library_logs() -> None:
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _LibraryLogs)]
+    root.addHandler(_LibraryLogs())
+    # The realtime client logs every reconnect attempt as an ERROR; flowd's supervisor
+    # reports those states itself (realtime.*), so only the library's warnings pass.
+    root.setLevel(logging.WARNING)
+    logging.getLogger("realtime").setLevel(logging.CRITICAL)
 
 
 def get_logger() -> structlog.typing.FilteringBoundLogger:

@@ -9,6 +9,7 @@ per-action details in `actions`; every text is redacted first.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class Recorder:
         self._pool = pool
         self._table = f"{quote_ident(schema)}.flow_executions"
         self._redact = redact
+        self.in_flight: set[int] = set()  # claimed here, outcome not written yet
 
     async def claim(self, flow: Flow, event: ChangeEvent, *, force: bool = False) -> int | None:
         """Start an execution; None when this flow already ran (or runs) for this event."""
@@ -57,14 +59,18 @@ class Recorder:
             if force
             else "DO NOTHING"
         )
-        execution_id: int | None = await self._pool.fetchval(
-            f"INSERT INTO {self._table} (flow_id, event_key, status, event)"
-            f" VALUES ($1, $2, 'RUNNING', $3::jsonb)"
-            f" ON CONFLICT (flow_id, event_key) {takeover} RETURNING execution_id",
-            flow.flow_id,
-            event.key,
-            json.dumps(event.to_wire(), default=str),
+        execution_id: int | None = await asyncio.shield(
+            self._pool.fetchval(
+                f"INSERT INTO {self._table} (flow_id, event_key, status, event)"
+                f" VALUES ($1, $2, 'RUNNING', $3::jsonb)"
+                f" ON CONFLICT (flow_id, event_key) {takeover} RETURNING execution_id",
+                flow.flow_id,
+                event.key,
+                json.dumps(event.to_wire(), default=str),
+            )
         )
+        if execution_id is not None:
+            self.in_flight.add(execution_id)
         return execution_id
 
     async def claim_failed(self, execution_id: int) -> bool:
@@ -75,11 +81,14 @@ class Recorder:
             " WHERE execution_id = $1 AND status = 'FAILURE' RETURNING true",
             execution_id,
         )
+        if claimed:
+            self.in_flight.add(execution_id)
         return bool(claimed)
 
     async def finish(
         self, execution_id: int, status: Status, log: str, outcomes: Sequence[ActionOutcome]
     ) -> None:
+        self.in_flight.discard(execution_id)
         details = json.dumps([outcome.model_dump() for outcome in outcomes])
         await self._pool.execute(
             f"UPDATE {self._table} SET status = $2, finished_at = now(), log = $3,"
@@ -89,6 +98,19 @@ class Recorder:
             self._redact(log),
             self._redact(details),
         )
+
+    async def abandon(self, reason: str) -> list[int]:
+        """Mark every execution claimed here and still RUNNING as FAILURE (shutdown)."""
+        ids = sorted(self.in_flight)
+        self.in_flight.clear()
+        if ids:
+            await self._pool.execute(
+                f"UPDATE {self._table} SET status = 'FAILURE', finished_at = now(), log = $2"
+                " WHERE execution_id = ANY($1::bigint[]) AND status = 'RUNNING'",
+                ids,
+                reason,
+            )
+        return ids
 
     async def failed(self, *, since: datetime | None, flow_id: int | None) -> list[FailedExecution]:
         """Executions that ended FAILURE, oldest first."""

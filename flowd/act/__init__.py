@@ -9,6 +9,7 @@ action that still fails after its retries stops the rest.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,8 @@ CONFIG_MODELS: dict[str, type[ActionConfig]] = {
     "FUNCTION_CALL": http.FunctionCallConfig,
     "DB_UPDATE": db_update.DbUpdateConfig,
 }
+
+RowsWritten = Callable[[Table, Sequence[str], list[dict[str, Any]]], None]
 
 log = get_logger()
 
@@ -118,20 +121,32 @@ class ActionRunner:
         )
 
     async def run_flow(
-        self, flow: Flow, actions: tuple[PreparedAction, ...], event: ChangeEvent
+        self,
+        flow: Flow,
+        actions: tuple[PreparedAction, ...],
+        event: ChangeEvent,
+        on_written: RowsWritten | None = None,
     ) -> list[ActionOutcome]:
-        """Run the actions in order; stop after the first that fails."""
+        """Run the actions in order; stop after the first that fails.
+
+        `on_written(table, columns, rows)` hears of every row a DB_UPDATE wrote.
+        """
         context = template_context(event, flow, self._secrets.named)
         outcomes: list[ActionOutcome] = []
         for prepared in actions:
-            outcome = await self._run_action(prepared, flow, event, context)
+            outcome = await self._run_action(prepared, flow, event, context, on_written)
             outcomes.append(outcome)
             if not outcome.ok:
                 break
         return outcomes
 
     async def _run_action(
-        self, prepared: PreparedAction, flow: Flow, event: ChangeEvent, context: dict[str, Any]
+        self,
+        prepared: PreparedAction,
+        flow: Flow,
+        event: ChangeEvent,
+        context: dict[str, Any],
+        on_written: RowsWritten | None,
     ) -> ActionOutcome:
         action = prepared.action
         started = time.monotonic()
@@ -141,7 +156,7 @@ class ActionRunner:
         async def attempt(number: int) -> _Done:
             nonlocal attempts
             attempts = number
-            return await self._attempt(prepared, flow, event, context)
+            return await self._attempt(prepared, flow, event, context, on_written)
 
         def on_retry(number: int, error: BaseException, pause_s: float) -> None:
             bound.warning(
@@ -183,14 +198,22 @@ class ActionRunner:
         return outcome
 
     async def _attempt(
-        self, prepared: PreparedAction, flow: Flow, event: ChangeEvent, context: dict[str, Any]
+        self,
+        prepared: PreparedAction,
+        flow: Flow,
+        event: ChangeEvent,
+        context: dict[str, Any],
+        on_written: RowsWritten | None,
     ) -> _Done:
         config = prepared.config
         if isinstance(config, db_update.DbUpdateConfig):
             if self._pool is None or prepared.table is None:
                 raise PermanentActionError("DB_UPDATE needs a database (DATABASE_URL)")
             update = db_update.build_update(config, prepared.table, event, context)
-            return _Done(rows_written=await db_update.execute(self._pool, update))
+            rows = await db_update.execute(self._pool, update)
+            if on_written is not None and rows:
+                on_written(prepared.table, update.columns, rows)
+            return _Done(rows_written=len(rows))
         if isinstance(config, http.FunctionCallConfig):
             try:
                 supabase_url, key = self._settings.require_supabase()

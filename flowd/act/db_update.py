@@ -21,6 +21,7 @@ from flowd.errors import PermanentActionError, TransientActionError
 from flowd.models import ChangeEvent, Flow
 
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
+_ROW = "flowd_row"  # the alias of the updated table, so RETURNING can name the whole row
 
 
 class DbUpdateConfig(BaseModel):
@@ -85,6 +86,7 @@ def _as_text(value: Any) -> str | None:
 class Update:
     sql: str
     parameters: tuple[str | None, ...]
+    columns: tuple[str, ...]  # the columns it sets
 
 
 def build_update(
@@ -111,17 +113,18 @@ def build_update(
     conditions = [f"{quote_ident(col)} = {bind(col, value)}" for col, value in where.items()]
     changed = " OR ".join(f"{col} IS DISTINCT FROM {expr}" for col, expr in set_sql.items())
     sql = (
-        f"UPDATE {table.qualified} SET "
+        f"UPDATE {table.qualified} AS {_ROW} SET "
         + ", ".join(f"{col} = {expr}" for col, expr in set_sql.items())
         + f" WHERE {' AND '.join(conditions)} AND ({changed})"
+        + f" RETURNING to_jsonb({_ROW})::text"
     )
-    return Update(sql, tuple(parameters))
+    return Update(sql, tuple(parameters), tuple(assignments))
 
 
-async def execute(pool: asyncpg.Pool, update: Update) -> int:
-    """Run the update once; return the number of rows written."""
+async def execute(pool: asyncpg.Pool, update: Update) -> list[dict[str, Any]]:
+    """Run the update once; return the rows written, as Realtime would encode them."""
     try:
-        status = await pool.execute(update.sql, *update.parameters)
+        rows = await pool.fetch(update.sql, *update.parameters)
     except asyncpg.PostgresError as exc:
         message = f"{type(exc).__name__}: {exc}"
         if exc.sqlstate in _TRANSIENT_SQLSTATES or str(exc.sqlstate).startswith("08"):
@@ -129,4 +132,4 @@ async def execute(pool: asyncpg.Pool, update: Update) -> int:
         raise PermanentActionError(message) from None
     except (OSError, asyncpg.InterfaceError) as exc:
         raise TransientActionError(f"database connection lost: {exc}") from None
-    return int(status.rsplit(" ", 1)[-1])
+    return [json.loads(row[0]) for row in rows]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,3 +73,106 @@ async def run_flowd(
     )
     assert process.returncode is not None
     return Finished(process.returncode, stdout.decode(), stderr.decode())
+
+
+class RunningFlowd:
+    """`flowd run` in the background: its JSON log lines as they come, signals, exit code."""
+
+    def __init__(self, *args: str, env: Mapping[str, str]) -> None:
+        self._args = ("run", *args)
+        self._env = flowd_env(env)
+        self.logs: list[dict[str, Any]] = []
+        self.other_output: list[str] = []
+        self._process: asyncio.subprocess.Process | None = None
+        self._readers: list[asyncio.Task[None]] = []
+        self._new_line = asyncio.Event()
+
+    async def start(self) -> RunningFlowd:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "flowd",
+            *self._args,
+            env=self._env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert self._process.stdout is not None
+        assert self._process.stderr is not None
+        self._readers = [
+            asyncio.create_task(self._read(self._process.stdout)),
+            asyncio.create_task(self._read(self._process.stderr)),
+        ]
+        return self
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            text = line.decode().rstrip("\n")
+            try:
+                record = json.loads(text)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and "event" in record:
+                self.logs.append(record)
+            else:
+                self.other_output.append(text)
+            self._new_line.set()
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        return [record for record in self.logs if record["event"] == event]
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    async def wait_for_log(
+        self, event: str, count: int = 1, timeout_s: float = 30, **fields: Any
+    ) -> list[dict[str, Any]]:
+        """Wait until `event` was logged `count` times (with these field values)."""
+
+        def matching() -> list[dict[str, Any]]:
+            return [r for r in self.logged(event) if all(r.get(k) == v for k, v in fields.items())]
+
+        async def wait() -> list[dict[str, Any]]:
+            while len(found := matching()) < count:
+                if self._process is not None and self._process.returncode is not None:
+                    raise AssertionError(f"flowd exited while waiting for {event}: {self.tail()}")
+                self._new_line.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._new_line.wait(), 0.5)
+            return found
+
+        try:
+            return await asyncio.wait_for(wait(), timeout_s)
+        except TimeoutError:
+            raise AssertionError(
+                f"no {count}x {event} {fields} within {timeout_s} s: {self.tail()}"
+            ) from None
+
+    def tail(self, lines: int = 30) -> str:
+        rendered = [json.dumps(r) for r in self.logs[-lines:]] + self.other_output[-10:]
+        return "\n".join(rendered)
+
+    def signal(self, signum: int) -> None:
+        assert self._process is not None
+        self._process.send_signal(signum)
+
+    async def wait(self, timeout_s: float = 60) -> int:
+        assert self._process is not None
+        code = await asyncio.wait_for(self._process.wait(), timeout_s)
+        await asyncio.gather(*self._readers)
+        return code
+
+    async def stop(self, timeout_s: float = 60) -> int:
+        """SIGTERM, then wait for the exit code (kill after the timeout)."""
+        assert self._process is not None
+        if self._process.returncode is None:
+            self._process.send_signal(signal.SIGTERM)
+        try:
+            return await self.wait(timeout_s)
+        except TimeoutError:
+            self._process.kill()
+            await self.wait()
+            raise

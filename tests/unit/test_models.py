@@ -123,10 +123,11 @@ def test_db_update_binds_values_and_quotes_catalog_names() -> None:
     )
     update = build_update(config, TASKS, event, template_context(event, FLOW, {}))
     assert update.sql == (
-        'UPDATE "public"."tasks" SET "status" = CAST($1::text AS text),'
+        'UPDATE "public"."tasks" AS flowd_row SET "status" = CAST($1::text AS text),'
         ' "estimate" = CAST($2::text AS numeric) WHERE "id" = CAST($3::text AS bigint)'
         ' AND ("status" IS DISTINCT FROM CAST($1::text AS text)'
         ' OR "estimate" IS DISTINCT FROM CAST($2::text AS numeric))'
+        " RETURNING to_jsonb(flowd_row)::text"
     )
     assert update.parameters == ("Write realtime contract'; drop table x; --", "2", "1")
 
