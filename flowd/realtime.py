@@ -249,6 +249,12 @@ class RealtimeSource:
         self._changed = asyncio.Event()
         self._generation = 0
         self.live = asyncio.Event()
+        self._current: _Session | None = None
+
+    @property
+    def client(self) -> AsyncRealtimeClient | None:
+        """The live session's client, if any (for inspection)."""
+        return self._current.client if self._current is not None and self.live.is_set() else None
 
     def set_bindings(self, bindings: set[Binding]) -> None:
         """Subscribe to exactly these bindings from now on (rebuilds when they differ)."""
@@ -281,6 +287,7 @@ class RealtimeSource:
                 if reason is None:
                     await self._retire(current)
                     current, opened_at = session, time.monotonic()
+                    self._current = current
                     self.live.set()
                     log.info("realtime.live", bindings=_describe(bindings))
                     reason = await self._watch(current, stopping)
@@ -316,6 +323,8 @@ class RealtimeSource:
     async def _retire(self, session: _Session | None) -> None:
         if session is not None:
             self.live.clear()
+            if self._current is session:
+                self._current = None
             await session.close()
 
     async def _open(self, session: _Session) -> str | None:

@@ -828,7 +828,7 @@ class Connection:
                 self._outbox.task_done()
 
     def push(self, text: str) -> None:
-        if self.open:
+        if self.open and not self.standin.mute:
             self.standin.sent.append(json.loads(text))
             self._outbox.put_nowait(text)
 
@@ -1010,6 +1010,9 @@ class RealtimeStandIn:
         self.join_reply_delay_s = 0.0
         self.join_error: str | None = None
         self.refuse_connections: int | None = None
+        # When True, nothing is sent (not even heartbeat replies) while sockets stay open:
+        # a server or network path that went silent without closing anything.
+        self.mute = False
         # internals
         self._server: Server | None = None
         self._capture: ChangeCapture | None = None
