@@ -280,6 +280,7 @@ class RealtimeSource:
                 if not bindings:
                     await self._retire(current)
                     current = None
+                    log.info("realtime.idle", reason="no flow needs a table that can be watched")
                     await _first(stopping.wait(), self._changed.wait())
                     continue
                 session = self._new_session(bindings)

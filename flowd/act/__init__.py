@@ -96,6 +96,16 @@ async def prepare(flow: Flow, catalog: Catalog | None) -> tuple[PreparedAction, 
 
 
 @dataclass(frozen=True, slots=True)
+class _FlowRun:
+    """What every action of one flow run shares."""
+
+    flow: Flow
+    event: ChangeEvent
+    context: dict[str, Any]  # the templates' names
+    on_written: RowsWritten | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Done:
     http_status: int | None = None
     rows_written: int | None = None
@@ -131,23 +141,16 @@ class ActionRunner:
 
         `on_written(table, columns, rows)` hears of every row a DB_UPDATE wrote.
         """
-        context = template_context(event, flow, self._secrets.named)
+        run = _FlowRun(flow, event, template_context(event, flow, self._secrets.named), on_written)
         outcomes: list[ActionOutcome] = []
         for prepared in actions:
-            outcome = await self._run_action(prepared, flow, event, context, on_written)
+            outcome = await self._run_action(prepared, run)
             outcomes.append(outcome)
             if not outcome.ok:
                 break
         return outcomes
 
-    async def _run_action(
-        self,
-        prepared: PreparedAction,
-        flow: Flow,
-        event: ChangeEvent,
-        context: dict[str, Any],
-        on_written: RowsWritten | None,
-    ) -> ActionOutcome:
+    async def _run_action(self, prepared: PreparedAction, run: _FlowRun) -> ActionOutcome:
         action = prepared.action
         started = time.monotonic()
         attempts = 0
@@ -156,7 +159,7 @@ class ActionRunner:
         async def attempt(number: int) -> _Done:
             nonlocal attempts
             attempts = number
-            return await self._attempt(prepared, flow, event, context, on_written)
+            return await self._attempt(prepared, run)
 
         def on_retry(number: int, error: BaseException, pause_s: float) -> None:
             bound.warning(
@@ -197,22 +200,16 @@ class ActionRunner:
         )
         return outcome
 
-    async def _attempt(
-        self,
-        prepared: PreparedAction,
-        flow: Flow,
-        event: ChangeEvent,
-        context: dict[str, Any],
-        on_written: RowsWritten | None,
-    ) -> _Done:
+    async def _attempt(self, prepared: PreparedAction, run: _FlowRun) -> _Done:
         config = prepared.config
+        flow, event, context = run.flow, run.event, run.context
         if isinstance(config, db_update.DbUpdateConfig):
             if self._pool is None or prepared.table is None:
                 raise PermanentActionError("DB_UPDATE needs a database (DATABASE_URL)")
             update = db_update.build_update(config, prepared.table, event, context)
             rows = await db_update.execute(self._pool, update)
-            if on_written is not None and rows:
-                on_written(prepared.table, update.columns, rows)
+            if run.on_written is not None and rows:
+                run.on_written(prepared.table, update.columns, rows)
             return _Done(rows_written=len(rows))
         if isinstance(config, http.FunctionCallConfig):
             try:

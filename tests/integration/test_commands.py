@@ -10,6 +10,7 @@ import asyncpg
 from tests.conftest import Databases, frame
 from tests.support.flowd_cli import run_flowd
 from tests.support.flows import add_flow, executions
+from tests.support.http_target import HttpTarget
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -235,6 +236,8 @@ async def test_bad_flags_and_settings_exit_2() -> None:
         (("--once", "--failed", "--since", "yesterday"), {}, "not an ISO 8601 instant"),
         (("--bogus",), {}, "unrecognized arguments"),
         (("--dry-run",), {}, "--dry-run needs --once"),
+        (("run",), {"DATABASE_URL": "postgresql://x@127.0.0.1:9/x"}, "SUPABASE_URL"),
+        (("run",), {"FLOWD_DELIVERY": "sometimes"}, "FLOWD_DELIVERY"),
         (
             ("--once", "--events", "/nonexistent/e.jsonl"),
             {"DATABASE_URL": "postgresql://x@127.0.0.1:9/x"},
@@ -268,3 +271,42 @@ async def test_unmigrated_database_exits_2(databases: Databases, tmp_path: Path)
     )
     assert result.code == 2
     assert "run `flowd migrate` first" in result.stderr
+
+
+async def test_readme_seed_flow_sql_works_end_to_end(
+    db: asyncpg.Connection, database_url: str, http_target: HttpTarget, tmp_path: Path
+) -> None:
+    """README's SQL creates the seed flow; it validates, and a replay runs both actions."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    sql = next(
+        block.split("```", 1)[0]
+        for block in readme.split("```sql")[1:]
+        if "Notify PM on High-Priority Task" in block
+    )
+    await db.execute(sql)
+    validated = await run_flowd("validate", env={"DATABASE_URL": database_url})
+    assert validated.code == 0, validated.stdout + validated.stderr
+    # Point the Slack webhook at a local target; everything else is as README wrote it.
+    await db.execute(
+        "UPDATE actions SET config = jsonb_set(config, '{url}', to_jsonb($1::text))"
+        " WHERE type = 'API_CALL'",
+        http_target.url + "/services/{{ secrets.SLACK_PATH }}",
+    )
+    await db.execute(
+        "INSERT INTO tasks (id, title, priority, status) VALUES (5, 'Ship', 'High', 'open')"
+    )
+    event = frame("insert_event")["payload"]["data"]
+    event["record"] = {**event["record"], "id": 5, "title": "Ship", "priority": "High"}
+    (tmp_path / "e.jsonl").write_text(json.dumps(event) + "\n")
+    result = await run_flowd(
+        "--once",
+        "--events",
+        str(tmp_path / "e.jsonl"),
+        env={"DATABASE_URL": database_url, "FLOWD_SECRET_SLACK_PATH": "T000/B000/XXXX"},
+    )
+    assert result.code == 0, result.stderr
+    [request] = http_target.requests_to("/services/T000/B000/XXXX")
+    assert request.json() == {"text": "High priority: Ship"}
+    assert await db.fetchval("SELECT status FROM tasks WHERE id = 5") == "In Progress"
+    [execution] = await executions(db)
+    assert execution["status"] == "SUCCESS"

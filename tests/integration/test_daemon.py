@@ -244,6 +244,8 @@ async def test_new_flow_on_new_table_fires_without_restart_and_disabled_flow_sto
     await http_target.wait_for_requests("/projects", 1)
     await db.execute("UPDATE flows SET is_enabled = false WHERE flow_id = $1", tasks_flow)
     await flowd.wait_for_log("flows.reloaded", count=2)
+    await flowd.wait_for_log("realtime.live", count=3)
+    assert ("public", "tasks", "INSERT") not in realtime.live_bindings()
     await insert_task(db, 1)
     await db.execute("INSERT INTO projects (id, name) VALUES (2, 'after')")
     await http_target.wait_for_requests("/projects", 2)
@@ -370,6 +372,22 @@ async def test_sigterm_drains_then_records_what_was_cut_short(
     )
     assert rerun.code == 0, rerun.stderr
     assert len(http_target.requests_to("/slow")) == 4
+
+
+async def test_a_second_signal_exits_at_once(
+    db: asyncpg.Connection, database_url: str, realtime: RealtimeStandIn, http_target: HttpTarget
+) -> None:
+    """SIGINT starts a drain that would take 30 s; a second SIGINT ends flowd at once."""
+    http_target.script("/slow", Reply(200, delay_s=30))
+    await add_flow(db, actions=[hook(http_target, "/slow", timeout_s=60)])
+    flowd = await start_flowd(database_url, realtime, FLOWD_SHUTDOWN_TIMEOUT_S="30")
+    await insert_task(db, 1)
+    await http_target.wait_for_requests("/slow", 1)
+    flowd.signal(signal.SIGINT)
+    await flowd.wait_for_log("shutdown.draining")
+    flowd.signal(signal.SIGINT)
+    assert await flowd.wait(timeout_s=5) == 1
+    assert flowd.logged("shutdown.forced")
 
 
 async def test_save_events_then_replay(

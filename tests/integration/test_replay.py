@@ -433,3 +433,28 @@ async def test_broken_flow_is_refused_and_the_others_run(
     assert "LIKE" in refused["reason"]
     assert len(http_target.requests_to("/ok")) == 1
     assert [e["flow_id"] for e in await executions(db)] == [good]
+
+
+async def test_hostile_template_fails_its_action_without_retry(
+    db: asyncpg.Connection, database_url: str, http_target: HttpTarget, tmp_path: Path
+) -> None:
+    """A template reaching for Python internals fails its action at once; nothing is sent."""
+    await add_flow(
+        db,
+        actions=[
+            webhook(
+                http_target,
+                body="{{ ''.__class__.__mro__[1].__subclasses__() }}",
+                max_attempts=5,
+            )
+        ],
+    )
+    result = await replay(database_url, events_file(tmp_path, "insert_event"))
+    assert result.code == 1
+    assert http_target.requests == []
+    [failed] = result.logged("action.failed")
+    assert "template" in failed["error"]
+    assert result.logged("action.retry") == []
+    [execution] = await executions(db)
+    assert execution["actions"][0]["attempts"] == 1
+    assert "template" in execution["log"]
