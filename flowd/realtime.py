@@ -193,14 +193,15 @@ class _Session:
             log.exception("realtime.callback_failed")
 
     def _note_rejected(self, reason: str) -> None:
+        """Remember the binding a configuration error (PROTOCOL.md §4) names."""
         try:
             payload = json.loads(reason)
         except ValueError:
             return
-        message = str(payload.get("message", "")) if isinstance(payload, dict) else ""
-        if payload.get("extension") != "postgres_changes" or not message.startswith(
-            _CONFIGURATION_ERRORS
-        ):
+        if not isinstance(payload, dict) or payload.get("extension") != "postgres_changes":
+            return
+        message = str(payload.get("message", ""))
+        if not message.startswith(_CONFIGURATION_ERRORS):
             return
         found = _PARAMS.search(message)
         if found is None:  # no binding named: the whole set is at fault
@@ -364,7 +365,9 @@ class RealtimeSource:
                     await session.client.probe()
 
     def _take_rejections(self, session: _Session) -> bool:
-        new = session.rejected - self._rejected
+        # Only bindings this session asked for: an error naming anything else is handled
+        # like any failure (with backoff), never as a reason to reconnect at once.
+        new = (session.rejected & session.bindings) - self._rejected
         for schema, table, event in sorted(new):
             log.error(
                 "realtime.binding_rejected",
