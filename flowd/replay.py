@@ -34,6 +34,7 @@ class Summary:
     events: int = 0
     bad_lines: int = 0
     runs: Counter[str] = field(default_factory=Counter)
+    matched: int | None = None  # set by a dry run: events that matched some flow
 
     @property
     def exit_code(self) -> int:
@@ -47,6 +48,8 @@ class Summary:
         if self.bad_lines:
             text += f", {self.bad_lines} bad line(s)"
         executions = self.runs["SUCCESS"] + self.runs["FAILURE"]
+        if self.matched is not None:
+            return text + f"; {self.matched} matched a flow (dry run: nothing ran)"
         text += f"; {executions} execution(s): {self.runs['SUCCESS']} SUCCESS"
         text += f", {self.runs['FAILURE']} FAILURE; {self.runs['SKIPPED']} already ran"
         return text
@@ -88,10 +91,13 @@ async def dry_run(app: App, events_path: str, flows_file: str | None) -> Summary
     """Classify only: one JSON line of matched flow ids per event on stdout."""
     index = (await load_flow_set(app, flows_file)).index
     summary = Summary()
+    matched = 0
     with open_events(events_path) as stream:
         for number, event in _good_events(stream, summary):
             flow_ids = [flow.flow_id for flow in index.classify(event).flows]
+            matched += bool(flow_ids)
             print(json.dumps({"line": number, "flows": flow_ids}), flush=True)
+    summary.matched = matched
     return summary
 
 

@@ -205,6 +205,7 @@ async def test_examples_replay_offline() -> None:
     assert result.code == 0, result.stderr
     matched = [json.loads(line)["flows"] for line in result.stdout.splitlines()]
     assert matched == [[1], [], [2]]
+    assert "3 event(s); 2 matched a flow (dry run: nothing ran)" in result.stderr
 
 
 async def test_missing_database_url_exits_2_with_one_line(tmp_path: Path) -> None:
