@@ -76,7 +76,14 @@ async def open_app(settings: Settings, secrets: Secrets, *, database: bool) -> A
         async with httpx.AsyncClient(follow_redirects=False) as client:
             runner = ActionRunner(settings=settings, secrets=secrets, http_client=client, pool=pool)
             recorder = (
-                Recorder(pool, settings.schema_name, secrets.redact) if pool is not None else None
+                Recorder(
+                    pool,
+                    settings.schema_name,
+                    secrets.redact,
+                    abandoned_after_s=settings.abandoned_after_s,
+                )
+                if pool is not None
+                else None
             )
             yield App(settings, secrets, client, pool, runner, recorder)
     finally:

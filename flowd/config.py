@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = _env(
         "FLOWD_SHUTDOWN_TIMEOUT_S", 25.0, "drain time on SIGTERM", ge=0
     )
+    abandoned_after_s: float = _env(
+        "FLOWD_ABANDONED_AFTER_S",
+        900.0,
+        "a RUNNING execution this old lost its process; --failed runs it again",
+        ge=0,
+    )
     max_chain_depth: int = _env(
         "FLOWD_MAX_CHAIN_DEPTH", 3, "flowd-caused changes that may trigger further flows", ge=0
     )

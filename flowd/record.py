@@ -21,6 +21,15 @@ from flowd.catalog import quote_ident
 from flowd.models import ActionOutcome, ChangeEvent, Flow, Status
 
 
+def _rerunnable(seconds: str) -> str:
+    """SQL: the execution failed, or has been RUNNING longer than any run can take (the
+    parameter `seconds`): its process died (kill -9, power loss) before recording an outcome."""
+    return (
+        "(status = 'FAILURE' OR (status = 'RUNNING'"
+        f" AND triggered_at < now() - make_interval(secs => {seconds}::double precision)))"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class FailedExecution:
     execution_id: int
@@ -45,8 +54,16 @@ def execution_log(flow: Flow, event: ChangeEvent, outcomes: Sequence[ActionOutco
 class Recorder:
     """Reads and writes `flow_executions` in the flows schema."""
 
-    def __init__(self, pool: asyncpg.Pool, schema: str, redact: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        schema: str,
+        redact: Callable[[str], str],
+        *,
+        abandoned_after_s: float = 900.0,
+    ) -> None:
         self._pool = pool
+        self._abandoned_after_s = abandoned_after_s
         self._table = f"{quote_ident(schema)}.flow_executions"
         self._redact = redact
         self.in_flight: set[int] = set()  # claimed here, outcome not written yet
@@ -74,12 +91,13 @@ class Recorder:
         return execution_id
 
     async def claim_failed(self, execution_id: int) -> bool:
-        """Take over an execution that ended FAILURE, to run it again; False if gone or taken."""
+        """Take over a failed (or abandoned) execution to run it again; False if gone or taken."""
         claimed = await self._pool.fetchval(
             f"UPDATE {self._table} SET status = 'RUNNING', triggered_at = now(),"
-            " finished_at = NULL, runs = runs + 1"
-            " WHERE execution_id = $1 AND status = 'FAILURE' RETURNING true",
+            f" finished_at = NULL, runs = runs + 1 WHERE execution_id = $1 AND {_rerunnable('$2')}"
+            " RETURNING true",
             execution_id,
+            self._abandoned_after_s,
         )
         if claimed:
             self.in_flight.add(execution_id)
@@ -113,11 +131,12 @@ class Recorder:
         return ids
 
     async def failed(self, *, since: datetime | None, flow_id: int | None) -> list[FailedExecution]:
-        """Executions that ended FAILURE, oldest first."""
+        """Executions that ended FAILURE, or were abandoned RUNNING, oldest first."""
         rows = await self._pool.fetch(
-            f"SELECT execution_id, flow_id, event FROM {self._table}"
-            " WHERE status = 'FAILURE' AND ($1::timestamptz IS NULL OR triggered_at >= $1)"
-            " AND ($2::bigint IS NULL OR flow_id = $2) ORDER BY triggered_at, execution_id",
+            f"SELECT execution_id, flow_id, event FROM {self._table} WHERE {_rerunnable('$1')}"
+            " AND ($2::timestamptz IS NULL OR triggered_at >= $2)"
+            " AND ($3::bigint IS NULL OR flow_id = $3) ORDER BY triggered_at, execution_id",
+            self._abandoned_after_s,
             since,
             flow_id,
         )

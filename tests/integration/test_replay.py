@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from tests.conftest import frame
-from tests.support.flowd_cli import run_flowd
+from tests.support.flowd_cli import RunningFlowd, run_flowd
 from tests.support.flows import add_flow, executions
 from tests.support.http_target import HttpTarget, Reply
 
@@ -458,3 +459,29 @@ async def test_hostile_template_fails_its_action_without_retry(
     [execution] = await executions(db)
     assert execution["actions"][0]["attempts"] == 1
     assert "template" in execution["log"]
+
+
+async def test_execution_abandoned_by_a_killed_process_is_rerun_by_failed(
+    db: asyncpg.Connection, database_url: str, http_target: HttpTarget, tmp_path: Path
+) -> None:
+    """kill -9 mid-action leaves a RUNNING row; once older than FLOWD_ABANDONED_AFTER_S,
+    `--once --failed` runs it again (a fresh RUNNING row is left alone)."""
+    http_target.script("/hook", Reply(200, delay_s=30))
+    await add_flow(db, actions=[webhook(http_target, timeout_s=60)])
+    env = {"DATABASE_URL": database_url}
+    crashing = await RunningFlowd(
+        "--once", "--events", events_file(tmp_path, "insert_event"), env=env
+    ).start()
+    await http_target.wait_for_requests("/hook", 1)
+    crashing.signal(signal.SIGKILL)
+    assert await crashing.wait() == -signal.SIGKILL
+    [execution] = await executions(db)
+    assert execution["status"] == "RUNNING"
+    fresh = await run_flowd("--once", "--failed", env=env)
+    assert (fresh.code, len(http_target.requests_to("/hook"))) == (0, 1)
+    await asyncio.sleep(0.2)
+    rerun = await run_flowd("--once", "--failed", env={**env, "FLOWD_ABANDONED_AFTER_S": "0.1"})
+    assert rerun.code == 0, rerun.stderr
+    assert len(http_target.requests_to("/hook")) == 2
+    [execution] = await executions(db)
+    assert (execution["status"], execution["runs"]) == ("SUCCESS", 2)
