@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     environment = "\n".join(f"  {name:<32}{text}" for name, text in env_names().items())
     parser = _Parser(
         prog="flowd",
-        description="Observe database changes, classify them with your flows' rules, act.",
+        description="Observe database changes, classify them with your flows' rules, act.\n"
+        "`flowd` alone is `flowd run`; `flowd --once ...` is `flowd run --once ...`"
+        " (see `flowd run --help`).",
         epilog=f"configuration (environment):\n{environment}\n"
         "  FLOWD_SECRET_<NAME>             a secret for templates (secrets.NAME)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
