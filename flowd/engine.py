@@ -17,7 +17,7 @@ from typing import Any, Literal
 import structlog
 
 from flowd.act import ActionRunner, RowsWritten
-from flowd.catalog import Table
+from flowd.catalog import Table, quote_ident
 from flowd.chain import EXTERNAL, Cause, OwnWrites
 from flowd.flows import FlowSet
 from flowd.logs import get_logger
@@ -67,7 +67,8 @@ class Engine:
                 "table.needs_replica_identity_full",
                 table=f"{event.schema_name}.{event.table}",
                 flow_ids=[flow.flow_id for flow in classification.needs_full_identity],
-                fix=f'ALTER TABLE "{event.schema_name}"."{event.table}" REPLICA IDENTITY FULL;',
+                fix=f"ALTER TABLE {quote_ident(event.schema_name)}.{quote_ident(event.table)}"
+                " REPLICA IDENTITY FULL;",
             )
         return classification.flows
 

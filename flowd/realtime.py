@@ -41,7 +41,7 @@ from realtime.types import (
     RealtimePostgresChangesListenEvent,
 )
 
-from flowd.catalog import REALTIME_PUBLICATION
+from flowd.catalog import REALTIME_PUBLICATION, quote_ident
 from flowd.logs import get_logger
 
 log = get_logger()
@@ -373,7 +373,8 @@ class RealtimeSource:
                 "realtime.binding_rejected",
                 table=f"{schema}.{table}",
                 binding_event=event,
-                fix=f'ALTER PUBLICATION {REALTIME_PUBLICATION} ADD TABLE "{schema}"."{table}";',
+                fix=f"ALTER PUBLICATION {REALTIME_PUBLICATION} ADD TABLE"
+                f" {quote_ident(schema)}.{quote_ident(table)};",
                 hint="the table must exist and be in the publication; flows on it wait "
                 "until the flows change or flowd gets SIGHUP",
             )

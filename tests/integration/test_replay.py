@@ -485,3 +485,23 @@ async def test_execution_abandoned_by_a_killed_process_is_rerun_by_failed(
     assert len(http_target.requests_to("/hook")) == 2
     [execution] = await executions(db)
     assert (execution["status"], execution["runs"]) == ("SUCCESS", 2)
+
+
+async def test_changed_rule_without_full_identity_warns_once_per_table(
+    db: asyncpg.Connection, database_url: str, http_target: HttpTarget, tmp_path: Path
+) -> None:
+    """CHANGED on UPDATEs that lack the old row is false, with one warning naming the fix."""
+    await add_flow(
+        db,
+        trigger_event="UPDATE",
+        rules=[("status", "CHANGED", None)],
+        actions=[webhook(http_target)],
+    )
+    events = events_file(
+        tmp_path, "update_event_default_identity", "update_event_default_identity", "update_event"
+    )
+    result = await replay(database_url, events)
+    assert result.code == 0, result.stderr
+    [warning] = result.logged("table.needs_replica_identity_full")
+    assert warning["fix"] == 'ALTER TABLE "public"."tasks" REPLICA IDENTITY FULL;'
+    assert len(http_target.requests_to("/hook")) == 1  # only the FULL-identity update
