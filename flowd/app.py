@@ -11,11 +11,13 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
 
+from flowd import flows as flow_store
 from flowd import logs
 from flowd.act import ActionRunner
 from flowd.catalog import Catalog
@@ -42,6 +44,20 @@ class App:
     @property
     def catalog(self) -> Catalog | None:
         return Catalog(self.pool) if self.pool is not None else None
+
+    async def flow_definitions(self, flows_file: str | None = None) -> list[flow_store.Loaded]:
+        """Every flow as written: from a flows file, else from the database."""
+        if flows_file is not None:
+            return flow_store.load_from_file(Path(flows_file))
+        return await flow_store.load_from_database(self.database, self.settings.schema_name)
+
+    async def load_flows(
+        self, flows_file: str | None = None, previous: flow_store.FlowSet | None = None
+    ) -> flow_store.FlowSet:
+        """The flows that run, prepared (see `flows.prepare`)."""
+        return await flow_store.prepare(
+            await self.flow_definitions(flows_file), self.catalog, previous
+        )
 
     @property
     def recorder(self) -> Recorder:

@@ -720,6 +720,13 @@ def _match_of(flow: Flow) -> str:
     return match
 
 
+def needs_old_row(flow: Flow) -> bool:
+    """Whether a rule of the flow compares with the old row (CHANGED*), so the trigger
+    table needs REPLICA IDENTITY FULL."""
+    names = (rule.operator.strip().upper() for rule in flow.rules)
+    return any(_OPERATOR_ALIASES.get(name, name) in _CHANGE_OPERATORS for name in names)
+
+
 def _normalise_operator(name: str) -> str:
     normalised = name.strip().upper()
     normalised = _OPERATOR_ALIASES.get(normalised, normalised)

@@ -12,18 +12,16 @@ import sys
 import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import NoReturn
 
-from flowd import flows as flow_store
 from flowd import replay
 from flowd.app import configure_logging, load_secrets, open_app
-from flowd.catalog import Catalog
 from flowd.config import Settings, env_names, load_settings
 from flowd.daemon import run_daemon
 from flowd.errors import ConfigurationError
 from flowd.logs import get_logger
 from flowd.migrate import migrate
+from flowd.secrets import Secrets
 from flowd.validate import validate
 
 COMMANDS = ("run", "migrate", "validate")
@@ -109,8 +107,7 @@ def _check_run_flags(args: argparse.Namespace) -> None:
         raise ConfigurationError("--save-events is for the daemon, not --once")
 
 
-async def _once(args: argparse.Namespace, settings: Settings) -> int:
-    secrets = load_secrets(settings)
+async def _once(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
     needs_database = not (args.dry_run and args.flows)
     async with open_app(settings, secrets, database=needs_database) as app:
         if args.dry_run:
@@ -123,17 +120,15 @@ async def _once(args: argparse.Namespace, settings: Settings) -> int:
     return summary.exit_code
 
 
-async def _daemon(args: argparse.Namespace, settings: Settings) -> int:
+async def _daemon(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
     settings.require_supabase()
     if settings.delivery == "durable":
         raise ConfigurationError("FLOWD_DELIVERY=durable is not available yet; use realtime")
-    secrets = load_secrets(settings)
     async with open_app(settings, secrets, database=True) as app:
         return await run_daemon(app, args.save_events)
 
 
-async def _migrate(settings: Settings) -> int:
-    secrets = load_secrets(settings)
+async def _migrate(settings: Settings, secrets: Secrets) -> int:
     async with open_app(settings, secrets, database=True) as app, app.database.acquire() as conn:
         applied = await migrate(conn, settings.schema_name)
     print(
@@ -143,15 +138,10 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
-async def _validate(args: argparse.Namespace, settings: Settings) -> int:
-    secrets = load_secrets(settings)
+async def _validate(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
     async with open_app(settings, secrets, database=args.flows is None) as app:
-        if args.flows:
-            loaded = flow_store.load_from_file(Path(args.flows))
-        else:
-            loaded = await flow_store.load_from_database(app.database, settings.schema_name)
-        catalog = Catalog(app.pool) if app.pool is not None else None
-        problems = await validate(loaded, catalog, settings)
+        loaded = await app.flow_definitions(args.flows)
+        problems = await validate(loaded, app.catalog, settings)
     for problem in problems:
         print(problem.line())
     flawed = len({problem.flow_id for problem in problems})
@@ -159,14 +149,14 @@ async def _validate(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if problems else 0
 
 
-async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+async def _dispatch(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
     if args.command == "migrate":
-        return await _migrate(settings)
+        return await _migrate(settings, secrets)
     if args.command == "validate":
-        return await _validate(args, settings)
+        return await _validate(args, settings, secrets)
     if args.once:
-        return await _once(args, settings)
-    return await _daemon(args, settings)
+        return await _once(args, settings, secrets)
+    return await _daemon(args, settings, secrets)
 
 
 def run_cli(argv: Sequence[str]) -> int:
@@ -176,8 +166,9 @@ def run_cli(argv: Sequence[str]) -> int:
         settings = load_settings()
         dry_run = args.command == "run" and args.dry_run
         # --dry-run's results own stdout; its logs go to stderr so the two never mix.
-        configure_logging(settings, load_secrets(settings), to_stderr=dry_run)
-        return asyncio.run(_dispatch(args, settings))
+        secrets = load_secrets(settings)
+        configure_logging(settings, secrets, to_stderr=dry_run)
+        return asyncio.run(_dispatch(args, settings, secrets))
     except ConfigurationError as exc:
         if verbose:
             traceback.print_exc()

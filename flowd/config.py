@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flowd.errors import ConfigurationError
+from flowd.errors import ConfigurationError, first_problem
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 # Prefixes that belong to flowd but are not settings: template secrets, and the test suite's own.
@@ -159,6 +159,5 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        raise ConfigurationError(f"{where}: {error['msg']}") from None
+        where, problem = first_problem(exc, "settings")
+        raise ConfigurationError(f"{where}: {problem}") from None

@@ -16,13 +16,10 @@ from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import asyncpg
-
-from flowd import flows as flow_store
 from flowd.app import App
-from flowd.catalog import Catalog
 from flowd.chain import OwnWrites
 from flowd.config import Settings
+from flowd.db import CONNECTION_LOST
 from flowd.engine import Engine
 from flowd.errors import EventError
 from flowd.flows import FlowSet
@@ -37,7 +34,6 @@ log = get_logger()
 
 CONTROL_TABLES = ("flows", "rules", "actions")
 _DEBOUNCE_S = 0.3  # a flow is usually written in several statements
-_DATABASE_TROUBLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 NOT_STARTED = "not run: flowd stopped before this event was worked on"
 CUT_SHORT = "cut short: flowd stopped before this flow finished"
 
@@ -55,7 +51,7 @@ class Daemon:
     async def run(self) -> int:
         settings = self._settings
         url, key = settings.require_supabase()
-        flow_set = await self._load(previous=None)
+        flow_set = await self._app.load_flows()
         self._engine = Engine(
             flow_set,
             self._app.runner,
@@ -144,7 +140,7 @@ class Daemon:
             try:
                 await self._engine.handle(event)
                 return
-            except _DATABASE_TROUBLE as exc:
+            except CONNECTION_LOST as exc:
                 if self._stopping.is_set():
                     raise
                 log.warning("event.retry", error=f"{type(exc).__name__}: {exc}", retry_in_s=pause)
@@ -168,11 +164,6 @@ class Daemon:
         self._source.retry_rejected()
         self._reload.set()
 
-    async def _load(self, previous: FlowSet | None) -> FlowSet:
-        pool = self._app.database
-        loaded = await flow_store.load_from_database(pool, self._settings.schema_name)
-        return await flow_store.prepare(loaded, Catalog(pool), previous)
-
     async def _reload_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
@@ -180,7 +171,7 @@ class Daemon:
             await asyncio.sleep(_DEBOUNCE_S)
             self._reload.clear()
             try:
-                flow_set = await self._load(previous=self._engine.flows)
+                flow_set = await self._app.load_flows(previous=self._engine.flows)
             except Exception as exc:  # a failed reload keeps the current flows running
                 log.error("flows.reload_failed", error=f"{type(exc).__name__}: {exc}")
                 continue

@@ -14,6 +14,8 @@ from flowd.config import Settings
 from flowd.errors import ConfigurationError, DatabaseUnavailable
 
 CONNECT_TIMEOUT_S = 10.0
+# The database went away mid-work (network, restart, failover): worth trying again.
+CONNECTION_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
 
 async def create_pool(settings: Settings, *, max_size: int | None = None) -> asyncpg.Pool:

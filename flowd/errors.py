@@ -15,12 +15,21 @@ with `raise ... from exc`; only the CLI maps these classes to exit codes.
 
 from __future__ import annotations
 
+import pydantic
+
 
 class FlowdError(Exception):
     """flowd failed."""
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
+
+
+def first_problem(exc: pydantic.ValidationError, where: str) -> tuple[str, str]:
+    """Where (dotted path, else `where`) and what the first validation error says."""
+    error = exc.errors()[0]
+    path = ".".join(str(part) for part in error["loc"])
+    return path or where, error["msg"]
 
 
 class ConfigurationError(FlowdError):

@@ -18,7 +18,7 @@ import pydantic
 from flowd import act
 from flowd.catalog import Catalog, Table, quote_ident
 from flowd.classify import CompiledFlow, FlowIndex, compile_flow
-from flowd.errors import ConfigurationError, FlowDefinitionError
+from flowd.errors import ConfigurationError, FlowDefinitionError, first_problem
 from flowd.logs import get_logger
 from flowd.models import Flow
 
@@ -56,9 +56,7 @@ def _flow_from(row: Mapping[str, Any]) -> Loaded:
     try:
         return Flow.model_validate(row)
     except pydantic.ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or "definition"
-        return FlowDefinitionError(int(row.get("flow_id", 0)), where, error["msg"])
+        return FlowDefinitionError(int(row.get("flow_id", 0)), *first_problem(exc, "definition"))
 
 
 async def load_from_database(pool: asyncpg.Pool | asyncpg.Connection, schema: str) -> list[Loaded]:

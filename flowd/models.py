@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,6 +19,12 @@ TriggerEvent = Literal["INSERT", "UPDATE", "DELETE", "*"]
 Status = Literal["RUNNING", "SUCCESS", "FAILURE"]
 
 _frozen = ConfigDict(frozen=True, populate_by_name=True)
+
+
+def table_ref(name: str) -> tuple[str, str]:
+    """(schema, table) of `table` or `schema.table`; a bare name is in `public`."""
+    schema, _, table = name.rpartition(".")
+    return (schema or "public", table)
 
 
 class Column(BaseModel):
@@ -78,7 +85,7 @@ class ChangeEvent(BaseModel):
     def column_types(self) -> dict[str, str]:
         return {column.name: column.type for column in self.columns}
 
-    @property
+    @cached_property
     def key(self) -> str:
         """A stable idempotency key: the same change always, two changes never, share one."""
         identity = {
@@ -141,9 +148,8 @@ class Flow(BaseModel):
 
     @property
     def table_ref(self) -> tuple[str, str]:
-        """(schema, table) named by `trigger_table`; a bare name is in `public`."""
-        schema, _, table = self.trigger_table.rpartition(".")
-        return (schema or "public", table)
+        """(schema, table) named by `trigger_table`."""
+        return table_ref(self.trigger_table)
 
     @property
     def ordered_actions(self) -> tuple[Action, ...]:

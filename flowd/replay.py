@@ -17,11 +17,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from flowd import flows as flow_store
 from flowd.app import App
 from flowd.engine import Engine, FlowRun
 from flowd.errors import ConfigurationError
-from flowd.flows import FlowSet
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent
 from flowd.source import read_events
@@ -68,14 +66,6 @@ def open_events(path: str) -> Iterator[IO[str]]:
         yield stream
 
 
-async def load_flow_set(app: App, flows_file: str | None) -> FlowSet:
-    if flows_file is not None:
-        loaded = flow_store.load_from_file(Path(flows_file))
-    else:
-        loaded = await flow_store.load_from_database(app.database, app.settings.schema_name)
-    return await flow_store.prepare(loaded, app.catalog)
-
-
 def _good_events(stream: IO[str], summary: Summary) -> Iterator[tuple[int, ChangeEvent]]:
     """The events of the stream, counted; bad lines are counted and logged, then skipped."""
     for line in read_events(stream):
@@ -89,7 +79,7 @@ def _good_events(stream: IO[str], summary: Summary) -> Iterator[tuple[int, Chang
 
 async def dry_run(app: App, events_path: str, flows_file: str | None) -> Summary:
     """Classify only: one JSON line of matched flow ids per event on stdout."""
-    index = (await load_flow_set(app, flows_file)).index
+    index = (await app.load_flows(flows_file)).index
     summary = Summary()
     matched = 0
     with open_events(events_path) as stream:
@@ -103,7 +93,7 @@ async def dry_run(app: App, events_path: str, flows_file: str | None) -> Summary
 
 async def replay(app: App, events_path: str, flows_file: str | None, *, force: bool) -> Summary:
     """Run every event of the file through classify → act → record."""
-    engine = Engine(await load_flow_set(app, flows_file), app.runner, app.recorder, force=force)
+    engine = Engine(await app.load_flows(flows_file), app.runner, app.recorder, force=force)
     summary = Summary()
     with open_events(events_path) as stream:
         for _, event in _good_events(stream, summary):
@@ -113,7 +103,7 @@ async def replay(app: App, events_path: str, flows_file: str | None, *, force: b
 
 async def rerun_failed(app: App, *, since: datetime | None, flow_id: int | None) -> Summary:
     """Run again the flows of executions that ended FAILURE, with today's definitions."""
-    flow_set = await load_flow_set(app, None)
+    flow_set = await app.load_flows()
     engine = Engine(flow_set, app.runner, app.recorder)
     recorder = app.recorder
     summary = Summary()

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import pydantic
 
-from flowd.errors import EventError
+from flowd.errors import EventError, first_problem
 from flowd.models import ChangeEvent
 
 
@@ -27,9 +27,8 @@ def parse_event(raw: Any) -> ChangeEvent:
     try:
         return ChangeEvent.model_validate(raw)
     except pydantic.ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or "event"
-        raise EventError(f"{where}: {error['msg']}") from None
+        where, problem = first_problem(exc, "event")
+        raise EventError(f"{where}: {problem}") from None
 
 
 @dataclass(frozen=True, slots=True)

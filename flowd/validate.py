@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from flowd import act
 from flowd.catalog import Catalog
-from flowd.classify import check_rule_against_columns, compile_flow
+from flowd.classify import check_rule_against_columns, compile_flow, needs_old_row
 from flowd.config import Settings
 from flowd.errors import FlowDefinitionError
 from flowd.flows import Loaded
@@ -43,8 +43,7 @@ async def _table_problems(flow: Flow, catalog: Catalog, settings: Settings) -> l
     for index, rule in enumerate(flow.rules):
         if (problem := check_rule_against_columns(rule, table.column_types)) is not None:
             problems.append(f"{_rule_label(flow, index)}: {problem}")
-    uses_changed = any(rule.operator.upper().startswith("CHANGED") for rule in flow.rules)
-    if uses_changed and not table.replica_identity_full:
+    if needs_old_row(flow) and not table.replica_identity_full:
         problems.append(
             f"CHANGED rules need the old row: ALTER TABLE {table.qualified} REPLICA IDENTITY FULL;"
         )

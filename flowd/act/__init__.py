@@ -19,7 +19,7 @@ import pydantic
 
 from flowd.act import db_update, http
 from flowd.act.retry import RetryPolicy, call_with_retries
-from flowd.act.templates import check_syntax, template_context
+from flowd.act.templates import check_syntax, strings_in, template_context
 from flowd.catalog import Catalog, Table
 from flowd.config import Settings
 from flowd.errors import (
@@ -27,6 +27,7 @@ from flowd.errors import (
     ConfigurationError,
     FlowDefinitionError,
     PermanentActionError,
+    first_problem,
 )
 from flowd.logs import get_logger
 from flowd.models import Action, ActionOutcome, ChangeEvent, Flow
@@ -55,16 +56,6 @@ def _where(action: Action, index: int) -> str:
     return f"action {action.action_id}" if action.action_id is not None else f"action #{index + 1}"
 
 
-def _template_strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for item in value.values() for s in _template_strings(item)]
-    if isinstance(value, list):
-        return [s for item in value for s in _template_strings(item)]
-    return []
-
-
 async def prepare(flow: Flow, catalog: Catalog | None) -> tuple[PreparedAction, ...]:
     """Parse and check the flow's actions; raise FlowDefinitionError for the first that cannot work.
 
@@ -80,10 +71,9 @@ async def prepare(flow: Flow, catalog: Catalog | None) -> tuple[PreparedAction, 
         try:
             config = model.model_validate(action.config)
         except pydantic.ValidationError as exc:
-            error = exc.errors()[0]
-            location = ".".join(str(part) for part in error["loc"]) or "config"
-            raise FlowDefinitionError(flow.flow_id, where, f"{location}: {error['msg']}") from None
-        for source in _template_strings(action.config):
+            location, reason = first_problem(exc, "config")
+            raise FlowDefinitionError(flow.flow_id, where, f"{location}: {reason}") from None
+        for source in strings_in(action.config):
             if (problem := check_syntax(source)) is not None:
                 raise FlowDefinitionError(flow.flow_id, where, problem)
         table = None

@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowd.act.templates import render_tree
 from flowd.catalog import Table, quote_ident
+from flowd.db import CONNECTION_LOST
 from flowd.errors import PermanentActionError, TransientActionError
-from flowd.models import ChangeEvent, Flow
+from flowd.models import ChangeEvent, Flow, table_ref
 
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 _ROW = "flowd_row"  # the alias of the updated table, so RETURNING can name the whole row
@@ -51,8 +52,7 @@ class DbUpdateConfig(BaseModel):
 
     @property
     def table_ref(self) -> tuple[str, str]:
-        schema, _, table = self.table.rpartition(".")
-        return (schema or "public", table)
+        return table_ref(self.table)
 
 
 def check(config: DbUpdateConfig, flow: Flow, table: Table | None) -> str | None:
@@ -125,11 +125,11 @@ async def execute(pool: asyncpg.Pool, update: Update) -> list[dict[str, Any]]:
     """Run the update once; return the rows written, as Realtime would encode them."""
     try:
         rows = await pool.fetch(update.sql, *update.parameters)
+    except CONNECTION_LOST as exc:
+        raise TransientActionError(f"database connection lost: {exc}") from None
     except asyncpg.PostgresError as exc:
         message = f"{type(exc).__name__}: {exc}"
         if exc.sqlstate in _TRANSIENT_SQLSTATES or str(exc.sqlstate).startswith("08"):
             raise TransientActionError(message) from None
         raise PermanentActionError(message) from None
-    except (OSError, asyncpg.InterfaceError) as exc:
-        raise TransientActionError(f"database connection lost: {exc}") from None
     return [json.loads(row[0]) for row in rows]

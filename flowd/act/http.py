@@ -99,19 +99,31 @@ def _checked_url(url: str) -> str:
     return url
 
 
+def _request(
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: JsonBody,
+    event: ChangeEvent,
+    flow: Flow,
+    context: dict[str, Any],
+    fixed_headers: dict[str, str] | None = None,
+) -> HttpRequest:
+    """Render header values and the body (the webhook payload when none) into a request.
+
+    `fixed_headers` are added after rendering, as they are: never read as templates.
+    """
+    rendered = {name: render(value, context) for name, value in headers.items()}
+    rendered |= fixed_headers or {}
+    payload = webhook_payload(event, flow) if body is None else render_tree(body, context)
+    return HttpRequest(method, url, rendered, _encode_body(payload, rendered))
+
+
 def api_call_request(
     config: ApiCallConfig, event: ChangeEvent, flow: Flow, context: dict[str, Any]
 ) -> HttpRequest:
-    headers = {name: render(value, context) for name, value in config.headers.items()}
-    body = render_tree(config.body, context) if config.body is not None else None
-    if config.body is None:
-        body = webhook_payload(event, flow)
-    return HttpRequest(
-        method=config.method,
-        url=_checked_url(render(config.url, context)),
-        headers=headers,
-        content=_encode_body(body, headers),
-    )
+    url = _checked_url(render(config.url, context))
+    return _request(config.method, url, config.headers, config.body, event, flow, context)
 
 
 def function_call_request(
@@ -123,17 +135,9 @@ def function_call_request(
     supabase_url: str,
     service_role_key: str,
 ) -> HttpRequest:
-    headers = {name: render(value, context) for name, value in config.headers.items()}
-    headers["Authorization"] = f"Bearer {service_role_key}"
-    body = render_tree(config.params, context) if config.params is not None else None
-    if config.params is None:
-        body = webhook_payload(event, flow)
-    return HttpRequest(
-        method="POST",
-        url=f"{supabase_url}/functions/v1/{config.function_name}",
-        headers=headers,
-        content=_encode_body(body, headers),
-    )
+    url = f"{supabase_url}/functions/v1/{config.function_name}"
+    key = {"Authorization": f"Bearer {service_role_key}"}
+    return _request("POST", url, config.headers, config.params, event, flow, context, key)
 
 
 def retry_after_seconds(value: str | None) -> float | None:

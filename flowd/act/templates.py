@@ -89,6 +89,17 @@ def render_tree(value: Any, context: Mapping[str, Any]) -> Any:
     return value
 
 
+def strings_in(value: Any) -> list[str]:
+    """Every string leaf of a JSON-like value: what `render_tree` would render."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in strings_in(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in strings_in(item)]
+    return []
+
+
 def template_context(event: ChangeEvent, flow: Flow, secrets: Mapping[str, str]) -> dict[str, Any]:
     """What a template sees (actions.md, Templates)."""
     return {
