@@ -12,12 +12,14 @@ import sys
 import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import NoReturn
 
 from flowd import replay
 from flowd.app import configure_logging, load_secrets, open_app
 from flowd.config import Settings, env_names, load_settings
-from flowd.daemon import run_daemon
+from flowd.daemon import RealtimeDaemon
+from flowd.durable import DurableDaemon, drain
 from flowd.errors import ConfigurationError
 from flowd.logs import get_logger
 from flowd.migrate import migrate
@@ -97,23 +99,32 @@ def _check_run_flags(args: argparse.Namespace) -> None:
             flag = "--" + used[0].replace("_", "-")
             raise ConfigurationError(f"{flag} needs --once (see flowd --help)")
         return
-    if bool(args.events) == bool(args.failed):
-        raise ConfigurationError("--once needs either --events FILE or --failed")
+    if args.events and args.failed:
+        raise ConfigurationError("--once takes either --events FILE or --failed, not both")
     if (args.since or args.flow is not None) and not args.failed:
         raise ConfigurationError("--since and --flow go with --failed")
     if args.failed and (args.dry_run or args.flows or args.force):
         raise ConfigurationError("--failed does not go with --dry-run, --flows or --force")
+    if not args.events and (args.dry_run or args.flows or args.force):
+        raise ConfigurationError("--dry-run, --flows and --force go with --events FILE")
     if args.save_events:
         raise ConfigurationError("--save-events is for the daemon, not --once")
 
 
 async def _once(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
+    if not (args.events or args.failed) and settings.delivery != "durable":
+        raise ConfigurationError(
+            "--once needs --events FILE or --failed"
+            " (or FLOWD_DELIVERY=durable, to drain the pending events of the event log)"
+        )
     needs_database = not (args.dry_run and args.flows)
     async with open_app(settings, secrets, database=needs_database) as app:
         if args.dry_run:
             summary = await replay.dry_run(app, args.events, args.flows)
         elif args.failed:
             summary = await replay.rerun_failed(app, since=args.since, flow_id=args.flow)
+        elif args.events is None:
+            summary = await drain(app)
         else:
             summary = await replay.replay(app, args.events, args.flows, force=args.force)
     print(summary.line(), file=sys.stderr)
@@ -121,11 +132,13 @@ async def _once(args: argparse.Namespace, settings: Settings, secrets: Secrets) 
 
 
 async def _daemon(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
-    settings.require_supabase()
+    save_events = Path(args.save_events) if args.save_events else None
     if settings.delivery == "durable":
-        raise ConfigurationError("FLOWD_DELIVERY=durable is not available yet; use realtime")
+        async with open_app(settings, secrets, database=True) as app:
+            return await DurableDaemon(app, save_events=save_events).run()
+    settings.require_supabase()
     async with open_app(settings, secrets, database=True) as app:
-        return await run_daemon(app, args.save_events)
+        return await RealtimeDaemon(app, save_events=save_events).run()
 
 
 async def _migrate(settings: Settings, secrets: Secrets) -> int:

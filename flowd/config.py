@@ -55,7 +55,24 @@ class Settings(BaseSettings):
     max_chain_depth: int = _env(
         "FLOWD_MAX_CHAIN_DEPTH", 3, "flowd-caused changes that may trigger further flows", ge=0
     )
-    delivery: Literal["realtime", "durable"] = _env("FLOWD_DELIVERY", "realtime", "event source")
+    delivery: Literal["realtime", "durable"] = _env(
+        "FLOWD_DELIVERY", "realtime", "realtime (at most once) or durable (database event log)"
+    )
+    event_retention_s: float = _env(
+        "FLOWD_EVENT_RETENTION",
+        7 * 86400.0,
+        "durable: keep handled events this long (7d, 12h, 3600s)",
+        ge=0,
+    )
+    lease_s: float = _env(
+        "FLOWD_LEASE_S", 60.0, "durable: a claimed event is this worker's for as long", gt=0
+    )
+    poll_interval_s: float = _env(
+        "FLOWD_POLL_INTERVAL_S", 1.0, "durable: look for new events at least this often", gt=0
+    )
+    maintenance_interval_s: float = _env(
+        "FLOWD_MAINTENANCE_INTERVAL_S", 60.0, "durable: log the backlog, delete old events", gt=0
+    )
     queue_size: int = _env(
         "FLOWD_QUEUE_SIZE", 1000, "events held in memory before backpressure", ge=1
     )
@@ -102,6 +119,11 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("event_retention_s", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
     @field_validator("supabase_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -138,6 +160,18 @@ class Settings(BaseSettings):
         except ValueError:
             port = None
         return 0 if port == SUPABASE_TRANSACTION_POOLER_PORT else 100
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `7d`, `12h`, `30m`, `45s` or a plain number of seconds."""
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise ValueError("must be a duration such as 7d, 12h, 30m, 45s or 3600")
+    return float(match[1]) * _UNIT_SECONDS[match[2] or "s"]
 
 
 def env_names() -> dict[str, str]:

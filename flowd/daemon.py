@@ -1,23 +1,26 @@
-"""`flowd run`: the daemon. Realtime → pipeline (bounded, in order per row) → engine.
+"""`flowd run`: the daemon. A feed → pipeline (bounded, in order per row) → engine.
 
-Besides the event path it keeps the flows current (Realtime on flowd's own tables,
-a periodic re-read as a safety net, SIGHUP) and owns the lifecycle: on SIGTERM or
-SIGINT it stops taking events, lets in-flight work finish within
-FLOWD_SHUTDOWN_TIMEOUT_S, records what was cut short or never started as FAILURE
-(so `flowd --once --failed` can run it later), and exits 0.
+`Daemon` owns what both delivery modes share: the flows kept current (a periodic
+re-read as a safety net, SIGHUP, and the feed's own change notices), the pipeline, and
+the lifecycle: on SIGTERM or SIGINT it stops taking events, lets in-flight work finish
+within FLOWD_SHUTDOWN_TIMEOUT_S, hands what is left to the feed and exits 0.
+`RealtimeDaemon` takes events from Supabase Realtime and records what was cut short or
+never started as FAILURE (so `flowd --once --failed` can run it later); the durable
+feed is in `flowd.durable`.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
 from collections.abc import Hashable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
 from flowd.app import App
-from flowd.chain import OwnWrites
+from flowd.chain import Cause, OwnWrites
 from flowd.config import Settings
 from flowd.db import CONNECTION_LOST
 from flowd.engine import Engine
@@ -37,8 +40,14 @@ _DEBOUNCE_S = 0.3  # a flow is usually written in several statements
 NOT_STARTED = "not run: flowd stopped before this event was worked on"
 CUT_SHORT = "cut short: flowd stopped before this flow finished"
 
+Item = TypeVar("Item")
 
-class Daemon:
+
+class Daemon(abc.ABC, Generic[Item]):
+    """The lifecycle around one feed of events (`Item`s) into the engine."""
+
+    feed_name = "feed"
+
     def __init__(self, app: App, *, save_events: Path | None = None) -> None:
         self._app = app
         self._settings = app.settings
@@ -46,41 +55,69 @@ class Daemon:
         self._saved: IO[str] | None = None
         self._stopping = asyncio.Event()
         self._reload = asyncio.Event()
-        self._control = {(self._settings.schema_name, table) for table in CONTROL_TABLES}
+
+    def stop(self) -> None:
+        """Ask the daemon to finish (as SIGTERM does)."""
+        self._stopping.set()
+
+    @abc.abstractmethod
+    def _make_engine(self, flow_set: FlowSet) -> Engine: ...
+
+    @abc.abstractmethod
+    async def _start(self, flow_set: FlowSet) -> None:
+        """Prepare the feed for these flows (before any task runs)."""
+
+    @abc.abstractmethod
+    async def _feed(self) -> None:
+        """Put events into the pipeline until `_stopping` is set."""
+
+    @abc.abstractmethod
+    async def _work(self, item: Item) -> None:
+        """Handle one event (the pipeline calls this)."""
+
+    @abc.abstractmethod
+    def _row_key(self, item: Item) -> Hashable:
+        """Events of one row share a key, so they run in order."""
+
+    @abc.abstractmethod
+    async def _flows_changed(self, flow_set: FlowSet) -> None:
+        """The flows were reloaded: follow their tables."""
+
+    @abc.abstractmethod
+    async def _finish(self, unfinished: list[Item]) -> None:
+        """After the drain: account for what was cut short or never started."""
+
+    def _side_tasks(self) -> list[asyncio.Task[None]]:
+        """Further tasks of the feed that live as long as the daemon."""
+        return []
+
+    def _request_reload(self) -> None:
+        self._reload.set()
 
     async def run(self) -> int:
         settings = self._settings
-        url, key = settings.require_supabase()
         flow_set = await self._app.load_flows()
-        self._engine = Engine(
-            flow_set,
-            self._app.runner,
-            self._app.recorder,
-            own_writes=OwnWrites(),
-            max_chain_depth=settings.max_chain_depth,
-        )
-        self._pipeline: Pipeline[ChangeEvent] = Pipeline(
+        self._engine = self._make_engine(flow_set)
+        self._pipeline: Pipeline[Item] = Pipeline(
             self._work,
             self._row_key,
             concurrency=settings.concurrency,
             capacity=settings.queue_size,
         )
-        self._source = RealtimeSource(
-            url=url, key=key, sink=self._receive, room=self._pipeline.room, timing=_timing(settings)
-        )
-        self._source.set_bindings(self._bindings(flow_set))
-        with handle_signals(self._stopping.set, self._request_reload), self._open_save_file():
-            realtime = asyncio.create_task(self._source.run(self._stopping), name="realtime")
+        await self._start(flow_set)
+        with handle_signals(self.stop, self._request_reload), self._open_save_file():
+            feed = asyncio.create_task(self._feed(), name=self.feed_name)
             dispatcher = asyncio.create_task(self._pipeline.run(), name="pipeline")
             reloader = asyncio.create_task(self._reload_loop(), name="reloader")
-            code = await self._until_stopped(realtime, dispatcher, reloader)
+            side = self._side_tasks()
+            code = await self._until_stopped(feed, dispatcher, reloader, *side)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(realtime, 10)  # no new events from here on
+                await asyncio.wait_for(feed, 10)  # no new events from here on
             await self._drain()
-            for task in (realtime, dispatcher, reloader):
+            for task in (feed, dispatcher, reloader, *side):
                 task.cancel()
-            await asyncio.gather(realtime, dispatcher, reloader, return_exceptions=True)
-            await self._record_unfinished()
+            await asyncio.gather(feed, dispatcher, reloader, *side, return_exceptions=True)
+            await self._finish(await self._pipeline.stop())
         return code
 
     async def _until_stopped(self, *tasks: asyncio.Task[None]) -> int:
@@ -104,65 +141,34 @@ class Daemon:
         except TimeoutError:
             log.warning("shutdown.timeout", events=self._pipeline.held, timeout_s=timeout)
 
-    async def _record_unfinished(self) -> None:
-        """Record FAILURE for what was cut short or never started, so nothing is lost."""
-        unfinished = await self._pipeline.stop()
-        cut_short = await self._app.recorder.abandon(CUT_SHORT)
-        for event in unfinished:
-            try:
-                await self._engine.record_not_started(event, NOT_STARTED)
-            except Exception as exc:  # the database may be gone too; say what was lost
-                log.error("event.lost", change=event.to_wire(), error=repr(exc))
-        log.info(
-            "shutdown.finished",
-            cut_short_executions=cut_short,
-            events_not_finished=len(unfinished),
-        )
+    async def _handle_waiting_out_outages(
+        self, item: Item, event: ChangeEvent, cause: Cause | None = None
+    ) -> bool:
+        """Handle one event; wait out a database outage rather than lose the event.
 
-    def _receive(self, data: dict[str, Any]) -> None:
-        """The Realtime callback: only parse and enqueue (never raise, never block)."""
-        if (data.get("schema"), data.get("table")) in self._control:
-            self._reload.set()
-            return
-        try:
-            event = parse_event(data)
-        except EventError as exc:
-            log.error("event.unreadable", error=str(exc))
-            return
-        if self._saved is not None:
-            self._saved.write(json.dumps(event.to_wire(), default=str) + "\n")
-        self._pipeline.put(event)
-
-    async def _work(self, event: ChangeEvent) -> None:
-        """Handle one event; wait out a database outage rather than lose the event."""
+        False when, during an outage, the feed says the event is no longer ours.
+        """
         pause = 1.0
         while True:
             try:
-                await self._engine.handle(event)
-                return
+                await self._engine.handle(event, cause)
+                return True
             except CONNECTION_LOST as exc:
                 if self._stopping.is_set():
                     raise
                 log.warning("event.retry", error=f"{type(exc).__name__}: {exc}", retry_in_s=pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)
+                if not await self._still_ours(item):
+                    return False
 
-    def _row_key(self, event: ChangeEvent) -> Hashable:
-        """Events of one row share a key (the table's whole, if its key is unknown)."""
-        table = self._engine.flows.tables.get((event.schema_name, event.table))
-        row = event.old if event.type == "DELETE" else event.new
-        if table is None or not table.primary_key or any(c not in row for c in table.primary_key):
-            return (event.schema_name, event.table)
-        values = tuple(json.dumps(row[column], sort_keys=True) for column in table.primary_key)
-        return (event.schema_name, event.table, values)
+    async def _still_ours(self, item: Item) -> bool:
+        """After an outage: may this process still work on `item`?"""
+        return True
 
-    def _bindings(self, flow_set: FlowSet) -> set[Binding]:
-        control = {(schema, table, "*") for schema, table in self._control}
-        return set(flow_set.index.bindings()) | control
-
-    def _request_reload(self) -> None:
-        self._source.retry_rejected()
-        self._reload.set()
+    def _save(self, event: ChangeEvent) -> None:
+        if self._saved is not None:
+            self._saved.write(json.dumps(event.to_wire(), default=str) + "\n")
 
     async def _reload_loop(self) -> None:
         while True:
@@ -172,17 +178,16 @@ class Daemon:
             self._reload.clear()
             try:
                 flow_set = await self._app.load_flows(previous=self._engine.flows)
+                await self._swap(flow_set)
             except Exception as exc:  # a failed reload keeps the current flows running
                 log.error("flows.reload_failed", error=f"{type(exc).__name__}: {exc}")
-                continue
-            self._swap(flow_set)
 
-    def _swap(self, flow_set: FlowSet) -> None:
+    async def _swap(self, flow_set: FlowSet) -> None:
         old = self._engine.flows
         if old.by_id == flow_set.by_id and old.refused == flow_set.refused:
             return
         self._engine.flows = flow_set
-        self._source.set_bindings(self._bindings(flow_set))
+        await self._flows_changed(flow_set)
         log.info(
             "flows.reloaded",
             flow_ids=sorted(flow_set.by_id),
@@ -206,6 +211,89 @@ class Daemon:
                 self._saved = None
 
 
+class RealtimeDaemon(Daemon[ChangeEvent]):
+    """Events from Supabase Realtime: at most once, so what is cut short is recorded FAILURE."""
+
+    feed_name = "realtime"
+
+    def __init__(self, app: App, *, save_events: Path | None = None) -> None:
+        super().__init__(app, save_events=save_events)
+        self._control = {(self._settings.schema_name, table) for table in CONTROL_TABLES}
+
+    def _make_engine(self, flow_set: FlowSet) -> Engine:
+        return Engine(
+            flow_set,
+            self._app.runner,
+            self._app.recorder,
+            own_writes=OwnWrites(),
+            max_chain_depth=self._settings.max_chain_depth,
+        )
+
+    async def _start(self, flow_set: FlowSet) -> None:
+        url, key = self._settings.require_supabase()
+        self._source = RealtimeSource(
+            url=url,
+            key=key,
+            sink=self._receive,
+            room=self._pipeline.room,
+            timing=_timing(self._settings),
+        )
+        self._source.set_bindings(self._bindings(flow_set))
+
+    async def _feed(self) -> None:
+        await self._source.run(self._stopping)
+
+    def _receive(self, data: dict[str, Any]) -> None:
+        """The Realtime callback: only parse and enqueue (never raise, never block)."""
+        if (data.get("schema"), data.get("table")) in self._control:
+            self._reload.set()
+            return
+        try:
+            event = parse_event(data)
+        except EventError as exc:
+            log.error("event.unreadable", error=str(exc))
+            return
+        self._save(event)
+        self._pipeline.put(event)
+
+    async def _work(self, item: ChangeEvent) -> None:
+        await self._handle_waiting_out_outages(item, item)
+
+    def _row_key(self, item: ChangeEvent) -> Hashable:
+        """Events of one row share a key (the table's whole, if its key is unknown)."""
+        table = self._engine.flows.tables.get((item.schema_name, item.table))
+        row = item.old if item.type == "DELETE" else item.new
+        if table is None or not table.primary_key or any(c not in row for c in table.primary_key):
+            return (item.schema_name, item.table)
+        values = tuple(json.dumps(row[column], sort_keys=True) for column in table.primary_key)
+        return (item.schema_name, item.table, values)
+
+    def _bindings(self, flow_set: FlowSet) -> set[Binding]:
+        control = {(schema, table, "*") for schema, table in self._control}
+        return set(flow_set.index.bindings()) | control
+
+    def _request_reload(self) -> None:
+        self._source.retry_rejected()
+        super()._request_reload()
+
+    async def _flows_changed(self, flow_set: FlowSet) -> None:
+        self._source.set_bindings(self._bindings(flow_set))
+
+    async def _finish(self, unfinished: list[ChangeEvent]) -> None:
+        """Record FAILURE for what was cut short or never started, so nothing is lost."""
+        cut_short = await self._app.recorder.abandon(CUT_SHORT)
+        for event in unfinished:
+            try:
+                await self._engine.record_not_started(event, NOT_STARTED)
+            except Exception as exc:  # the database may be gone too; say what was lost
+                log.error("event.lost", change=event.to_wire(), error=repr(exc))
+        log.info(
+            "shutdown.finished",
+            cut_short_executions=cut_short,
+            events_not_finished=len(unfinished),
+        )
+
+
 def _timing(settings: Settings) -> Timing:
     return Timing(
         ready_timeout=settings.realtime_ready_timeout_s,
@@ -214,8 +302,3 @@ def _timing(settings: Settings) -> Timing:
         backoff=settings.realtime_backoff_s,
         max_backoff=settings.realtime_max_backoff_s,
     )
-
-
-async def run_daemon(app: App, save_events: str | None) -> int:
-    daemon = Daemon(app, save_events=Path(save_events) if save_events else None)
-    return await daemon.run()

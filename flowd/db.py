@@ -16,6 +16,8 @@ from flowd.errors import ConfigurationError, DatabaseUnavailable
 CONNECT_TIMEOUT_S = 10.0
 # The database went away mid-work (network, restart, failover): worth trying again.
 CONNECTION_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+# One connection, whether taken from a pool or opened alone.
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
 async def create_pool(settings: Settings, *, max_size: int | None = None) -> asyncpg.Pool:

@@ -1,13 +1,18 @@
 """Engine: the pipeline for one change event: classify → claim → act → record.
 
 Used alike by `flowd --once` (events from a file) and `flowd run` (events from
-Realtime). The flow set can be swapped at any time (hot reload); an event uses the
-set it started with.
+Realtime or the durable event log). The flow set can be swapped at any time (hot
+reload); an event uses the set it started with.
+
+With `durable=True` an execution left RUNNING by a dead process is resumed where it
+stopped (the event's lease makes this process its only worker), and every action is
+journalled as it finishes (see `act.Journal`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -16,13 +21,14 @@ from typing import Any, Literal
 
 import structlog
 
-from flowd.act import ActionRunner, RowsWritten
+from flowd.act import ActionRunner, Journal, RowsWritten
 from flowd.catalog import Table, quote_ident
 from flowd.chain import EXTERNAL, Cause, OwnWrites
+from flowd.db import Connection
 from flowd.flows import FlowSet
 from flowd.logs import get_logger
-from flowd.models import ChangeEvent, Flow
-from flowd.record import Recorder, execution_log
+from flowd.models import ActionOutcome, ChangeEvent, Flow
+from flowd.record import Claim, Recorder, execution_log
 
 log = get_logger()
 
@@ -48,11 +54,13 @@ class Engine:
         force: bool = False,
         own_writes: OwnWrites | None = None,
         max_chain_depth: int = 3,
+        durable: bool = False,
     ) -> None:
         self.flows = flows
         self._runner = runner
         self._recorder = recorder
         self._force = force
+        self._durable = durable
         self._own_writes = own_writes
         self._max_chain_depth = max_chain_depth
         self._identity_warned: set[tuple[str, str]] = set()
@@ -72,11 +80,16 @@ class Engine:
             )
         return classification.flows
 
-    async def handle(self, event: ChangeEvent) -> list[FlowRun]:
-        """Run every matching flow for this event, once each."""
+    async def handle(self, event: ChangeEvent, cause: Cause | None = None) -> list[FlowRun]:
+        """Run every matching flow for this event, once each.
+
+        `cause` says whether flowd's own write made the change (the durable log knows);
+        without it, recent own writes are recognised by their values.
+        """
         with _event_context(event):
             flows = self.flows
-            cause = self._own_writes.recognise(event) if self._own_writes else EXTERNAL
+            if cause is None:
+                cause = self._own_writes.recognise(event) if self._own_writes else EXTERNAL
             matched = self.matching(event)
             log.debug(
                 "event.classified",
@@ -107,26 +120,38 @@ class Engine:
     async def rerun(self, flow: Flow, event: ChangeEvent, execution_id: int) -> FlowRun:
         """Run a flow again under an execution already claimed (`--failed`)."""
         with _event_context(event):
-            return await self._run(self.flows, flow, event, execution_id, EXTERNAL)
+            return await self._run(self.flows, flow, event, Claim(execution_id), EXTERNAL)
 
     async def _claim_and_run(
         self, flows: FlowSet, flow: Flow, event: ChangeEvent, cause: Cause
     ) -> FlowRun:
-        execution_id = await self._recorder.claim(flow, event, force=self._force)
-        if execution_id is None:
+        claim: Claim | None
+        if self._durable:
+            claim = await self._recorder.claim_durable(flow, event)
+        else:
+            execution_id = await self._recorder.claim(flow, event, force=self._force)
+            claim = Claim(execution_id) if execution_id is not None else None
+        if claim is None:
             log.info("flow.already_ran", flow_id=flow.flow_id)
             return FlowRun(flow.flow_id, None, "SKIPPED")
-        return await self._run(flows, flow, event, execution_id, cause)
+        return await self._run(flows, flow, event, claim, cause)
 
     async def _run(
-        self, flows: FlowSet, flow: Flow, event: ChangeEvent, execution_id: int, cause: Cause
+        self, flows: FlowSet, flow: Flow, event: ChangeEvent, claim: Claim, cause: Cause
     ) -> FlowRun:
+        execution_id = claim.execution_id
         with structlog.contextvars.bound_contextvars(
             flow_id=flow.flow_id, execution_id=execution_id
         ):
             started = time.monotonic()
+            if claim.done:
+                log.info("flow.resumed", actions_done=len(claim.done))
             outcomes = await self._runner.run_flow(
-                flow, flows.actions[flow.flow_id], event, self._remembering(cause, flow)
+                flow,
+                flows.actions[flow.flow_id],
+                event,
+                self._remembering(cause, flow),
+                self._journal(claim, cause, flow),
             )
             status: Literal["SUCCESS", "FAILURE"] = (
                 "SUCCESS" if all(o.ok for o in outcomes) else "FAILURE"
@@ -144,6 +169,21 @@ class Engine:
                 duration_ms=round((time.monotonic() - started) * 1000),
             )
             return FlowRun(flow.flow_id, execution_id, status)
+
+    def _journal(self, claim: Claim, cause: Cause, flow: Flow) -> Journal | None:
+        if not self._durable:
+            return None
+        recorder, execution_id = self._recorder, claim.execution_id
+        written_by = cause.then(flow.flow_id)
+
+        async def record(index: int, outcome: ActionOutcome, connection: Connection | None) -> bool:
+            return await recorder.progress(execution_id, index, outcome, connection)
+
+        return Journal(
+            claim.done,
+            record,
+            json.dumps({"depth": written_by.depth, "flows": list(written_by.flows)}),
+        )
 
     def _remembering(self, cause: Cause, flow: Flow) -> RowsWritten | None:
         own_writes = self._own_writes

@@ -5,6 +5,7 @@
     │   └── DatabaseUnavailable   DATABASE_URL set but the server cannot be reached
     ├── EventError                an input line is not a change event
     ├── FlowDefinitionError       a flow cannot work and is refused
+    ├── ExecutionTakenOver        another process carried on a durable execution
     └── ActionError               an action failed
         ├── PermanentActionError  retrying cannot help (4xx, bad template, bad config)
         └── TransientActionError  worth another attempt (timeout, 5xx, 429, lost connection)
@@ -52,6 +53,10 @@ class FlowDefinitionError(FlowdError):
         self.where = where
         self.reason = reason
         super().__init__(f"flow {flow_id}: {where}: {reason}")
+
+
+class ExecutionTakenOver(FlowdError):
+    """Another process recorded progress of this execution first; this run stops, unrecorded."""
 
 
 class ActionError(FlowdError):

@@ -18,6 +18,7 @@ from datetime import datetime
 import asyncpg
 
 from flowd.catalog import quote_ident
+from flowd.db import Connection
 from flowd.models import ActionOutcome, ChangeEvent, Flow, Status
 
 
@@ -28,6 +29,14 @@ def _rerunnable(seconds: str) -> str:
         "(status = 'FAILURE' OR (status = 'RUNNING'"
         f" AND triggered_at < now() - make_interval(secs => {seconds}::double precision)))"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An execution this process may run; `done` holds the actions an earlier run finished."""
+
+    execution_id: int
+    done: tuple[ActionOutcome, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +98,50 @@ class Recorder:
         if execution_id is not None:
             self.in_flight.add(execution_id)
         return execution_id
+
+    async def claim_durable(self, flow: Flow, event: ChangeEvent) -> Claim | None:
+        """Start an execution, or resume one a dead process left RUNNING; None once it ended.
+
+        Only for events claimed from the durable event log: the event's lease makes this
+        process the only one working on it, so a RUNNING execution is an interrupted one.
+        """
+        row = await asyncio.shield(
+            self._pool.fetchrow(
+                f"INSERT INTO {self._table} AS e (flow_id, event_key, status, event)"
+                " VALUES ($1, $2, 'RUNNING', $3::jsonb) ON CONFLICT (flow_id, event_key)"
+                " DO UPDATE SET runs = e.runs + 1, triggered_at = now() WHERE e.status = 'RUNNING'"
+                " RETURNING execution_id, actions::text",
+                flow.flow_id,
+                event.key,
+                json.dumps(event.to_wire(), default=str),
+            )
+        )
+        if row is None:
+            return None
+        self.in_flight.add(row["execution_id"])
+        done = tuple(ActionOutcome.model_validate(item) for item in json.loads(row["actions"]))
+        return Claim(row["execution_id"], done)
+
+    async def progress(
+        self,
+        execution_id: int,
+        index: int,
+        outcome: ActionOutcome,
+        connection: asyncpg.Pool | Connection | None = None,
+    ) -> bool:
+        """Record that action number `index` (from 0) finished; False if another run got there.
+
+        On `connection`, inside its transaction, the record commits with what the action did.
+        """
+        recorded = await (connection or self._pool).fetchval(
+            f"UPDATE {self._table} SET actions = actions || jsonb_build_array($2::jsonb)"
+            " WHERE execution_id = $1 AND status = 'RUNNING' AND jsonb_array_length(actions) = $3"
+            " RETURNING true",
+            execution_id,
+            self._redact(outcome.model_dump_json()),
+            index,
+        )
+        return bool(recorded)
 
     async def claim_failed(self, execution_id: int) -> bool:
         """Take over a failed (or abandoned) execution to run it again; False if gone or taken."""

@@ -4,13 +4,19 @@
 are loaded (an unknown type or a broken config refuses the flow there, not at run
 time). `ActionRunner.run_flow` then renders and runs them for one event; the first
 action that still fails after its retries stops the rest.
+
+Every HTTP request carries an `Idempotency-Key` derived from (event, flow, action), the
+same in every run of that execution. With a `Journal` (durable delivery) each finished
+action is recorded as it finishes, a DB_UPDATE in the same transaction as its write, so
+a resumed execution skips what is done and a DB_UPDATE takes effect once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -22,9 +28,11 @@ from flowd.act.retry import RetryPolicy, call_with_retries
 from flowd.act.templates import check_syntax, strings_in, template_context
 from flowd.catalog import Catalog, Table
 from flowd.config import Settings
+from flowd.db import Connection
 from flowd.errors import (
     ActionError,
     ConfigurationError,
+    ExecutionTakenOver,
     FlowDefinitionError,
     PermanentActionError,
     first_problem,
@@ -85,6 +93,26 @@ async def prepare(flow: Flow, catalog: Catalog | None) -> tuple[PreparedAction, 
     return tuple(prepared)
 
 
+# record(index, outcome, connection): False when another run recorded that action first.
+RecordProgress = Callable[[int, ActionOutcome, Connection | None], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    """A durable execution: what an earlier run finished, and how to record each action."""
+
+    done: tuple[ActionOutcome, ...]
+    record: RecordProgress
+    cause: str  # JSON; set as `flowd.cause` where a DB_UPDATE writes, for the capture trigger
+
+
+def idempotency_key(event: ChangeEvent, flow: Flow, action: Action, index: int) -> str:
+    """The same for every run of this action for this event (receivers drop repeats)."""
+    action_ref = action.action_id if action.action_id is not None else f"#{index}"
+    identity = f"{event.key}:{flow.flow_id}:{action_ref}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True, slots=True)
 class _FlowRun:
     """What every action of one flow run shares."""
@@ -93,12 +121,15 @@ class _FlowRun:
     event: ChangeEvent
     context: dict[str, Any]  # the templates' names
     on_written: RowsWritten | None
+    journal: Journal | None
 
 
 @dataclass(frozen=True, slots=True)
 class _Done:
     http_status: int | None = None
     rows_written: int | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)  # what a DB_UPDATE wrote
+    outcome: ActionOutcome | None = None  # already recorded (durable DB_UPDATE)
 
 
 class ActionRunner:
@@ -126,21 +157,30 @@ class ActionRunner:
         actions: tuple[PreparedAction, ...],
         event: ChangeEvent,
         on_written: RowsWritten | None = None,
+        journal: Journal | None = None,
     ) -> list[ActionOutcome]:
         """Run the actions in order; stop after the first that fails.
 
-        `on_written(table, columns, rows)` hears of every row a DB_UPDATE wrote.
+        `on_written(table, columns, rows)` hears of every row a DB_UPDATE wrote. With a
+        `journal`, the actions it lists as done are skipped (their outcomes kept) and each
+        one that finishes now is recorded; ExecutionTakenOver if another run recorded first.
         """
-        run = _FlowRun(flow, event, template_context(event, flow, self._secrets.named), on_written)
-        outcomes: list[ActionOutcome] = []
-        for prepared in actions:
-            outcome = await self._run_action(prepared, run)
+        context = template_context(event, flow, self._secrets.named)
+        run = _FlowRun(flow, event, context, on_written, journal)
+        outcomes: list[ActionOutcome] = list(journal.done) if journal else []
+        for index, prepared in enumerate(actions[len(outcomes) :], start=len(outcomes)):
+            outcome = await self._run_action(prepared, run, index)
             outcomes.append(outcome)
             if not outcome.ok:
                 break
+            with_its_write = isinstance(prepared.config, db_update.DbUpdateConfig)
+            if journal and not with_its_write and not await journal.record(index, outcome, None):
+                raise ExecutionTakenOver()
         return outcomes
 
-    async def _run_action(self, prepared: PreparedAction, run: _FlowRun) -> ActionOutcome:
+    async def _run_action(
+        self, prepared: PreparedAction, run: _FlowRun, index: int
+    ) -> ActionOutcome:
         action = prepared.action
         started = time.monotonic()
         attempts = 0
@@ -149,7 +189,7 @@ class ActionRunner:
         async def attempt(number: int) -> _Done:
             nonlocal attempts
             attempts = number
-            return await self._attempt(prepared, run)
+            return await self._attempt(prepared, run, index, number, started)
 
         def on_retry(number: int, error: BaseException, pause_s: float) -> None:
             bound.warning(
@@ -166,18 +206,15 @@ class ActionRunner:
             done = await call_with_retries(policy, attempt, on_retry)
         except ActionError as exc:
             error = exc
+        except ExecutionTakenOver:
+            raise
         except Exception as exc:  # a bug must fail this action, not the daemon
             bound.exception("action.crashed")
             error = PermanentActionError(f"internal error: {type(exc).__name__}: {exc}")
-        outcome = ActionOutcome(
-            action_id=action.action_id,
-            type=action.type,
-            ok=error is None,
-            attempts=max(attempts, 1),
-            duration_ms=round((time.monotonic() - started) * 1000),
-            http_status=error.http_status if error else done.http_status,
-            rows_written=done.rows_written,
-            error=self._secrets.redact(str(error)) if error else None,
+        outcome = (
+            done.outcome
+            if done.outcome is not None
+            else self._outcome(action, attempts, started, done, error)
         )
         bound.log(
             20 if outcome.ok else 40,
@@ -190,17 +227,44 @@ class ActionRunner:
         )
         return outcome
 
-    async def _attempt(self, prepared: PreparedAction, run: _FlowRun) -> _Done:
+    def _outcome(
+        self,
+        action: Action,
+        attempts: int,
+        started: float,
+        done: _Done,
+        error: ActionError | None = None,
+    ) -> ActionOutcome:
+        return ActionOutcome(
+            action_id=action.action_id,
+            type=action.type,
+            ok=error is None,
+            attempts=max(attempts, 1),
+            duration_ms=round((time.monotonic() - started) * 1000),
+            http_status=error.http_status if error else done.http_status,
+            rows_written=done.rows_written,
+            error=self._secrets.redact(str(error)) if error else None,
+        )
+
+    async def _attempt(
+        self, prepared: PreparedAction, run: _FlowRun, index: int, number: int, started: float
+    ) -> _Done:
         config = prepared.config
         flow, event, context = run.flow, run.event, run.context
         if isinstance(config, db_update.DbUpdateConfig):
             if self._pool is None or prepared.table is None:
                 raise PermanentActionError("DB_UPDATE needs a database (DATABASE_URL)")
             update = db_update.build_update(config, prepared.table, event, context)
-            rows = await db_update.execute(self._pool, update)
-            if run.on_written is not None and rows:
-                run.on_written(prepared.table, update.columns, rows)
-            return _Done(rows_written=len(rows))
+            if run.journal is None:
+                rows = await db_update.execute(self._pool, update)
+                done = _Done(rows_written=len(rows), rows=rows)
+            else:
+                done = await self._update_and_record(
+                    update, run.journal, prepared, index, number, started
+                )
+            if run.on_written is not None and done.rows_written:
+                run.on_written(prepared.table, update.columns, done.rows)
+            return done
         if isinstance(config, http.FunctionCallConfig):
             try:
                 supabase_url, key = self._settings.require_supabase()
@@ -211,5 +275,28 @@ class ActionRunner:
             )
         else:
             request = http.api_call_request(config, event, flow, context)
+        if not any(name.lower() == "idempotency-key" for name in request.headers):
+            key = idempotency_key(event, flow, prepared.action, index)
+            request.headers["Idempotency-Key"] = key
         timeout = config.timeout_s or self._settings.action_timeout_s
         return _Done(http_status=await http.send(self._http, request, timeout))
+
+    async def _update_and_record(
+        self,
+        update: db_update.Update,
+        journal: Journal,
+        prepared: PreparedAction,
+        index: int,
+        number: int,
+        started: float,
+    ) -> _Done:
+        """The write and the record that it ran, in one transaction: it happens once."""
+        assert self._pool is not None
+        async with db_update.transaction(self._pool) as connection:
+            await connection.execute("SELECT set_config('flowd.cause', $1, true)", journal.cause)
+            rows = await db_update.execute(connection, update)
+            done = _Done(rows_written=len(rows), rows=rows)
+            outcome = self._outcome(prepared.action, number, started, done)
+            if not await journal.record(index, outcome, connection):
+                raise ExecutionTakenOver()
+        return _Done(rows_written=len(rows), rows=rows, outcome=outcome)

@@ -9,6 +9,8 @@ already right writes nothing and raises no new change event.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowd.act.templates import render_tree
 from flowd.catalog import Table, quote_ident
-from flowd.db import CONNECTION_LOST
+from flowd.db import CONNECTION_LOST, Connection
 from flowd.errors import PermanentActionError, TransientActionError
 from flowd.models import ChangeEvent, Flow, table_ref
 
@@ -121,10 +123,10 @@ def build_update(
     return Update(sql, tuple(parameters), tuple(assignments))
 
 
-async def execute(pool: asyncpg.Pool, update: Update) -> list[dict[str, Any]]:
+async def execute(database: asyncpg.Pool | Connection, update: Update) -> list[dict[str, Any]]:
     """Run the update once; return the rows written, as Realtime would encode them."""
     try:
-        rows = await pool.fetch(update.sql, *update.parameters)
+        rows = await database.fetch(update.sql, *update.parameters)
     except CONNECTION_LOST as exc:
         raise TransientActionError(f"database connection lost: {exc}") from None
     except asyncpg.PostgresError as exc:
@@ -133,3 +135,13 @@ async def execute(pool: asyncpg.Pool, update: Update) -> list[dict[str, Any]]:
             raise TransientActionError(message) from None
         raise PermanentActionError(message) from None
     return [json.loads(row[0]) for row in rows]
+
+
+@asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
+    """A connection in a transaction; a lost connection is a transient failure (rolled back)."""
+    try:
+        async with pool.acquire() as connection, connection.transaction():
+            yield connection
+    except CONNECTION_LOST as exc:
+        raise TransientActionError(f"database connection lost: {exc}") from None

@@ -18,14 +18,14 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 async def test_migrate_applies_once_and_a_second_run_changes_nothing(
     databases: Databases,
 ) -> None:
-    """migrate creates the four tables in FLOWD_SCHEMA, records itself, and is idempotent."""
+    """migrate creates flowd's tables in FLOWD_SCHEMA, records itself, and is idempotent."""
     name = await databases.clone()
     try:
         url = databases.url(name)
         env = {"DATABASE_URL": url, "FLOWD_SCHEMA": "automation"}
         first = await run_flowd("migrate", env=env)
         assert first.code == 0, first.stderr
-        assert "1 migration(s) applied" in first.stdout
+        assert "2 migration(s) applied" in first.stdout
         second = await run_flowd("migrate", env=env)
         assert second.code == 0, second.stderr
         assert "0 migration(s) applied" in second.stdout
@@ -38,13 +38,14 @@ async def test_migrate_applies_once_and_a_second_run_changes_nothing(
             )
             assert {(t["relname"], t["relrowsecurity"]) for t in tables} == {
                 ("actions", True),
+                ("flow_events", True),
                 ("flow_executions", True),
                 ("flowd_migrations", True),
                 ("flows", True),
                 ("rules", True),
             }
             assert (
-                await connection.fetchval("SELECT count(*) FROM automation.flowd_migrations") == 1
+                await connection.fetchval("SELECT count(*) FROM automation.flowd_migrations") == 2
             )
         finally:
             await connection.close()
@@ -232,8 +233,9 @@ async def test_bad_flags_and_settings_exit_2() -> None:
     cases = [
         ((), {"FLOWD_CONCURRENCY": "many"}, "FLOWD_CONCURRENCY"),
         ((), {"FLOWD_CONCURENCY": "4"}, "did you mean FLOWD_CONCURRENCY"),
-        (("--once",), {}, "--once needs either --events FILE or --failed"),
-        (("--once", "--events", "x", "--failed"), {}, "either"),
+        (("--once",), {}, "--once needs --events FILE or --failed (or FLOWD_DELIVERY=durable"),
+        (("--once", "--events", "x", "--failed"), {}, "either --events FILE or --failed, not both"),
+        (("--once", "--dry-run"), {}, "--dry-run, --flows and --force go with --events FILE"),
         (("--once", "--failed", "--since", "yesterday"), {}, "not an ISO 8601 instant"),
         (("--bogus",), {}, "unrecognized arguments"),
         (("--dry-run",), {}, "--dry-run needs --once"),

@@ -1,0 +1,304 @@
+"""Durable delivery: `flowd run` and `flowd --once` with FLOWD_DELIVERY=durable.
+
+Events come from the event log (`flowd.eventlog`), where a trigger wrote them in the
+changing transaction, so nothing committed is lost while flowd, the network or
+Realtime is down. The daemon claims events in batches under a lease, hands them to the
+pipeline (in order per row), and marks each handled once the engine is done with it;
+marks are written in groups. Wake-ups come from LISTEN on a direct connection
+(`flowd_events` for new changes, `flowd_flows` for edited flows) and the log is polled
+every FLOWD_POLL_INTERVAL_S regardless: a wake-up saves time, the poll guarantees
+progress. Leases are renewed while events are held. On shutdown the leases of
+unfinished events are given back, and an execution cut short stays RUNNING, to be
+resumed where it stopped by whichever worker claims its event next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Hashable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from flowd.app import App
+from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT
+from flowd.daemon import Daemon
+from flowd.db import CONNECTION_LOST
+from flowd.engine import Engine
+from flowd.errors import ExecutionTakenOver
+from flowd.eventlog import CaptureTriggers, ColumnsOf, EventLog, LoggedEvent
+from flowd.flows import FlowSet
+from flowd.logs import get_logger
+from flowd.models import Column
+from flowd.replay import Summary
+
+log = get_logger()
+
+CLAIM_BATCH = 100
+_LISTENER_CHECK_S = 10.0
+
+
+def worker_id() -> str:
+    """This process, as it appears in `flow_events.worker`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def columns_of(flow_set: FlowSet) -> ColumnsOf:
+    """The wire's `columns` of a watched table, from the catalog the flows were loaded with."""
+    cache: dict[tuple[str, str], tuple[Column, ...]] = {}
+
+    def lookup(schema: str, name: str) -> tuple[Column, ...]:
+        key = (schema, name)
+        if key not in cache:
+            table = flow_set.tables.get(key)
+            columns = table.columns.values() if table is not None else ()
+            cache[key] = tuple(Column(name=c.name, type=c.typname) for c in columns)
+        return cache[key]
+
+    return lookup
+
+
+class DurableDaemon(Daemon[LoggedEvent]):
+    feed_name = "event-log"
+
+    def __init__(self, app: App, *, save_events: Path | None = None) -> None:
+        super().__init__(app, save_events=save_events)
+        settings = app.settings
+        self._log = EventLog(
+            app.database, settings.schema_name, worker=worker_id(), lease_s=settings.lease_s
+        )
+        self._triggers = CaptureTriggers(app.database, settings.schema_name)
+        self._wake = asyncio.Event()
+        self._held: set[int] = set()  # claimed here; handled mark not yet written
+        self._handled: list[int] = []  # handled; mark not yet written
+        self._handled_added = asyncio.Event()
+
+    def _make_engine(self, flow_set: FlowSet) -> Engine:
+        return Engine(
+            flow_set,
+            self._app.runner,
+            self._app.recorder,
+            max_chain_depth=self._settings.max_chain_depth,
+            durable=True,
+        )
+
+    async def _start(self, flow_set: FlowSet) -> None:
+        self._columns_of = columns_of(flow_set)
+        await self._triggers.sync(flow_set.tables.values())
+        await self._report_backlog()
+        log.info("eventlog.started", worker=self._log.worker)
+
+    async def _flows_changed(self, flow_set: FlowSet) -> None:
+        self._columns_of = columns_of(flow_set)
+        await self._triggers.sync(flow_set.tables.values())
+
+    def _side_tasks(self) -> list[asyncio.Task[None]]:
+        return [
+            asyncio.create_task(self._write_handled_marks(), name="handled-marks"),
+            asyncio.create_task(self._renew_leases(), name="leases"),
+            asyncio.create_task(self._listen(), name="listener"),
+            asyncio.create_task(self._maintain(), name="maintenance"),
+        ]
+
+    # ------------------------------------------------------------------ the feed
+
+    async def _feed(self) -> None:
+        pause = 1.0
+        while not self._stopping.is_set():
+            await self._pipeline.room()
+            limit = min(CLAIM_BATCH, self._settings.queue_size - self._pipeline.held)
+            self._wake.clear()  # before the claim: a change committed during it wakes us
+            try:
+                events = await self._log.claim(limit, self._columns_of)
+            except CONNECTION_LOST as exc:
+                log.warning("eventlog.unavailable", error=_describe(exc), retry_in_s=pause)
+                await self._sleep(pause)
+                pause = min(pause * 2, 30.0)
+                continue
+            pause = 1.0
+            for logged in events:
+                self._held.add(logged.event_id)
+                self._save(logged.event)
+                self._pipeline.put(logged)
+            if len(events) < limit:
+                await self._sleep(self._settings.poll_interval_s, wake=self._wake)
+
+    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+        """Sleep `seconds`, less if `wake` is set or the daemon stops."""
+        waits = [asyncio.ensure_future(self._stopping.wait())]
+        if wake is not None:
+            waits.append(asyncio.ensure_future(wake.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    async def _work(self, item: LoggedEvent) -> None:
+        try:
+            handled = await self._handle_waiting_out_outages(item, item.event, item.cause)
+        except ExecutionTakenOver:
+            log.warning("event.taken_over", event_id=item.event_id)
+            handled = False
+        finally:
+            self._held.discard(item.event_id)
+        if handled:
+            self._handled.append(item.event_id)
+            self._handled_added.set()
+
+    def _row_key(self, item: LoggedEvent) -> Hashable:
+        return item.row
+
+    async def _still_ours(self, item: LoggedEvent) -> bool:
+        try:
+            return item.event_id in await self._log.renew([item.event_id])
+        except CONNECTION_LOST:
+            return True  # still unknown: keep waiting out the outage
+
+    # ------------------------------------------------------------ side tasks
+
+    async def _write_handled_marks(self) -> None:
+        """Group commit: marks that pile up while one write is under way go in the next."""
+        while True:
+            await self._handled_added.wait()
+            self._handled_added.clear()
+            if not await self._flush_handled():
+                await asyncio.sleep(1.0)
+                self._handled_added.set()
+
+    async def _flush_handled(self) -> bool:
+        batch, self._handled = self._handled, []
+        if not batch:
+            return True
+        try:
+            await self._log.handled(batch)
+        except CONNECTION_LOST as exc:
+            self._handled = batch + self._handled
+            log.warning("eventlog.unavailable", error=_describe(exc), retry_in_s=1.0)
+            return False
+        self._wake.set()  # the next event of each of these rows may be claimed now
+        return True
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.lease_s / 3)
+            held = set(self._held) | set(self._handled)
+            if not held:
+                continue
+            try:
+                renewed = await self._log.renew(held)
+            except CONNECTION_LOST as exc:
+                log.warning("eventlog.lease_renewal_failed", error=_describe(exc))
+                continue
+            lost = held - renewed - set(self._handled)
+            if lost & self._held:
+                log.warning("eventlog.leases_lost", event_ids=sorted(lost & self._held))
+
+    async def _listen(self) -> None:
+        """LISTEN for wake-ups on a direct connection; the poll covers any gap."""
+        url = self._settings.require_database_url()
+        if urlsplit(url).port == SUPABASE_TRANSACTION_POOLER_PORT:
+            log.info("eventlog.polling_only", reason="LISTEN needs a direct or session connection")
+            return
+        pause = 1.0
+        while True:
+            try:
+                connection = await asyncpg.connect(
+                    url, server_settings={"application_name": "flowd"}
+                )
+            except (*CONNECTION_LOST, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("eventlog.listen_failed", error=_describe(exc), retry_in_s=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 30.0)
+                continue
+            pause = 1.0
+            try:
+                await connection.add_listener("flowd_events", lambda *_: self._wake.set())
+                await connection.add_listener("flowd_flows", lambda *_: self._reload.set())
+                self._wake.set()  # changes may have come while nobody listened
+                while True:
+                    await asyncio.sleep(_LISTENER_CHECK_S)
+                    await connection.fetchval("SELECT 1")  # a dead connection hears nothing
+            except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+                log.warning("eventlog.listen_lost", error=_describe(exc))
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(connection.close(), 5)
+
+    async def _maintain(self) -> None:
+        """Log the backlog and delete handled events past FLOWD_EVENT_RETENTION."""
+        while True:
+            await asyncio.sleep(self._settings.maintenance_interval_s)
+            try:
+                await self._report_backlog()
+                deleted = await self._log.purge(self._settings.event_retention_s)
+            except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+                log.warning("eventlog.maintenance_failed", error=_describe(exc))
+                continue
+            if deleted:
+                log.info("eventlog.purged", events=deleted)
+
+    async def _report_backlog(self) -> None:
+        backlog = await self._log.backlog()
+        log.info(
+            "eventlog.backlog",
+            pending=backlog.pending,
+            oldest_pending_age_s=round(backlog.oldest_age_s, 3)
+            if backlog.oldest_age_s is not None
+            else None,
+        )
+
+    # -------------------------------------------------------------- shutdown
+
+    async def _finish(self, unfinished: list[LoggedEvent]) -> None:
+        """Write the last marks; give back the leases of what was not finished."""
+        await self._flush_handled()
+        leftover = set(self._held) | {logged.event_id for logged in unfinished}
+        try:
+            if leftover:
+                await self._log.release(leftover)
+        except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+            log.warning("eventlog.release_failed", error=_describe(exc))
+        log.info(
+            "shutdown.finished",
+            events_released=len(leftover),
+            executions_to_resume=sorted(self._app.recorder.in_flight),
+        )
+
+
+async def drain(app: App) -> Summary:
+    """`flowd --once` in durable mode: handle every pending event, then return."""
+    settings = app.settings
+    flow_set = await app.load_flows()
+    await CaptureTriggers(app.database, settings.schema_name).sync(flow_set.tables.values())
+    engine = Engine(
+        flow_set,
+        app.runner,
+        app.recorder,
+        max_chain_depth=settings.max_chain_depth,
+        durable=True,
+    )
+    event_log = EventLog(
+        app.database, settings.schema_name, worker=worker_id(), lease_s=settings.lease_s
+    )
+    lookup = columns_of(flow_set)
+    summary = Summary()
+    while batch := await event_log.claim(CLAIM_BATCH, lookup):
+        for logged in batch:
+            summary.events += 1
+            try:
+                summary.add(await engine.handle(logged.event, logged.cause))
+            except ExecutionTakenOver:
+                log.warning("event.taken_over", event_id=logged.event_id)
+                continue
+            await event_log.handled([logged.event_id])
+    return summary
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
