@@ -19,6 +19,7 @@ from flowd import replay
 from flowd.app import configure_logging, load_secrets, open_app
 from flowd.config import Settings, env_names, load_settings
 from flowd.daemon import RealtimeDaemon
+from flowd.demo import run_demo
 from flowd.durable import DurableDaemon, drain
 from flowd.errors import ConfigurationError
 from flowd.logs import get_logger
@@ -26,7 +27,7 @@ from flowd.migrate import migrate
 from flowd.secrets import Secrets
 from flowd.validate import validate
 
-COMMANDS = ("run", "migrate", "validate")
+COMMANDS = ("run", "migrate", "validate", "demo")
 log = get_logger()
 
 
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--flow", type=int, metavar="ID", help="with --failed: this flow only")
     run.add_argument("--save-events", metavar="FILE", help="append received events to FILE")
+    commands.add_parser(
+        "demo", help="run example flows on a throwaway local PostgreSQL (needs no configuration)"
+    )
     commands.add_parser("migrate", help="apply flowd's migrations to DATABASE_URL")
     check = commands.add_parser("validate", help="check every flow and list the problems")
     check.add_argument("--flows", metavar="FILE", help="check the flows of this file instead")
@@ -163,6 +167,8 @@ async def _validate(args: argparse.Namespace, settings: Settings, secrets: Secre
 
 
 async def _dispatch(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
+    if args.command == "demo":
+        return await run_demo()
     if args.command == "migrate":
         return await _migrate(settings, secrets)
     if args.command == "validate":
@@ -178,9 +184,11 @@ def run_cli(argv: Sequence[str]) -> int:
         args = parse_args(argv)
         settings = load_settings()
         dry_run = args.command == "run" and args.dry_run
+        if args.command == "demo":  # the demo tells its own story; only problems are logged
+            settings = settings.model_copy(update={"log_level": "warning"})
         # --dry-run's results own stdout; its logs go to stderr so the two never mix.
         secrets = load_secrets(settings)
-        configure_logging(settings, secrets, to_stderr=dry_run)
+        configure_logging(settings, secrets, to_stderr=dry_run or args.command == "demo")
         return asyncio.run(_dispatch(args, settings, secrets))
     except ConfigurationError as exc:
         if verbose:

@@ -55,6 +55,7 @@ class Daemon(abc.ABC, Generic[Item]):
         self._saved: IO[str] | None = None
         self._stopping = asyncio.Event()
         self._reload = asyncio.Event()
+        self.started = asyncio.Event()  # the feed is set up; events are being taken
 
     def stop(self) -> None:
         """Ask the daemon to finish (as SIGTERM does)."""
@@ -105,6 +106,7 @@ class Daemon(abc.ABC, Generic[Item]):
             capacity=settings.queue_size,
         )
         await self._start(flow_set)
+        self.started.set()
         with handle_signals(self.stop, self._request_reload), self._open_save_file():
             feed = asyncio.create_task(self._feed(), name=self.feed_name)
             dispatcher = asyncio.create_task(self._pipeline.run(), name="pipeline")

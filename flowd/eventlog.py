@@ -26,6 +26,12 @@ log = get_logger()
 
 _SYNC_LOCK_ID = 0x666C6F7765  # one replica at a time attaches and detaches triggers
 
+_EVENT_COLUMNS = """
+e.event_id, e.table_oid, e.row_key, e.schema_name, e.table_name, e.type,
+e.record::text AS record, e.old_record::text AS old_record, e.cause::text AS cause,
+to_char(e.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS commit_timestamp
+"""
+
 _CLAIM_SQL = """
 WITH next AS (
     SELECT e.event_id FROM {log} AS e
@@ -41,10 +47,7 @@ WITH next AS (
 UPDATE {log} AS e
 SET worker = $2, lease_until = now() + make_interval(secs => $3), claims = e.claims + 1
 FROM next WHERE e.event_id = next.event_id
-RETURNING e.event_id, e.table_oid, e.row_key, e.schema_name, e.table_name, e.type,
-          e.record::text AS record, e.old_record::text AS old_record, e.cause::text AS cause,
-          to_char(e.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
-              AS commit_timestamp
+RETURNING {columns}
 """
 
 _TRIGGERS_SQL = """
@@ -98,10 +101,22 @@ class EventLog:
     async def claim(self, limit: int, columns_of: ColumnsOf) -> list[LoggedEvent]:
         """Up to `limit` events nobody holds, each the earliest pending one of its row."""
         rows = await self._pool.fetch(
-            _CLAIM_SQL.format(log=self._table), limit, self.worker, self._lease_s
+            _CLAIM_SQL.format(log=self._table, columns=_EVENT_COLUMNS),
+            limit,
+            self.worker,
+            self._lease_s,
         )
         events = [_logged_event(row, columns_of) for row in rows]
         return sorted(events, key=lambda logged: logged.event_id)
+
+    async def since(self, event_id: int, columns_of: ColumnsOf) -> list[LoggedEvent]:
+        """Every event logged after `event_id`, handled or not (for a person to look at)."""
+        rows = await self._pool.fetch(
+            f"SELECT {_EVENT_COLUMNS} FROM {self._table} AS e WHERE e.event_id > $1"
+            " ORDER BY e.event_id",
+            event_id,
+        )
+        return [_logged_event(row, columns_of) for row in rows]
 
     async def handled(self, event_ids: Collection[int]) -> None:
         await self._pool.execute(

@@ -20,7 +20,7 @@ import pytest
 
 from flowd.migrate import migrate
 from tests.support.http_target import HttpTarget
-from tests.support.postgres import TemporaryCluster
+from flowd.local_postgres import TemporaryCluster
 
 TEMPLATE = "flowd_test_template"
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.support.http_target import HttpTarget, Reply
-from tests.support.postgres import TemporaryCluster, find_pg_bin
+from flowd.local_postgres import TemporaryCluster, find_pg_bin
 
 
 @pytest.fixture(scope="module")

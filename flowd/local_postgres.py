@@ -1,6 +1,6 @@
-"""A throwaway PostgreSQL cluster for the test session.
+"""A throwaway local PostgreSQL cluster, for `flowd demo` and the test session.
 
-Usage (e.g. from a session-scoped sync fixture)::
+Usage::
 
     cluster = TemporaryCluster(tmp_path_factory.mktemp("pg"))
     cluster.start()                     # initdb + pg_ctl start; about 1-3 s
@@ -247,6 +247,28 @@ class TemporaryCluster:
         self.root = None
         self._socket_dir = None
         self._extra_socket_dir = False
+
+    def restart(self) -> None:
+        """Fast shutdown and start again on the same port: every connection is cut."""
+        assert self.bin_dir is not None
+        result = self._run_server_cmd(
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_path),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "restart",
+            ],
+            timeout=90,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_ctl restart failed: {(result.stdout + result.stderr).strip()}")
 
     def __enter__(self) -> Self:
         self.start()
