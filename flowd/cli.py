@@ -22,6 +22,7 @@ from flowd.daemon import RealtimeDaemon
 from flowd.demo import run_demo
 from flowd.durable import DurableDaemon, drain
 from flowd.errors import ConfigurationError
+from flowd.eventlog import CaptureTriggers
 from flowd.logs import get_logger
 from flowd.migrate import migrate
 from flowd.secrets import Secrets
@@ -158,7 +159,10 @@ async def _migrate(settings: Settings, secrets: Secrets) -> int:
 async def _validate(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
     async with open_app(settings, secrets, database=args.flows is None) as app:
         loaded = await app.flow_definitions(args.flows)
-        problems = await validate(loaded, app.catalog, settings)
+        captured = None
+        if settings.delivery == "durable" and app.pool is not None:
+            captured = await CaptureTriggers(app.pool, settings.schema_name).attached()
+        problems = await validate(loaded, app.catalog, settings, captured)
     for problem in problems:
         print(problem.line())
     flawed = len({problem.flow_id for problem in problems})

@@ -105,9 +105,9 @@ class Daemon(abc.ABC, Generic[Item]):
             concurrency=settings.concurrency,
             capacity=settings.queue_size,
         )
-        await self._start(flow_set)
-        self.started.set()
         with handle_signals(self.stop, self._request_reload), self._open_save_file():
+            await self._start(flow_set)
+            self.started.set()
             feed = asyncio.create_task(self._feed(), name=self.feed_name)
             dispatcher = asyncio.create_task(self._pipeline.run(), name="pipeline")
             reloader = asyncio.create_task(self._reload_loop(), name="reloader")

@@ -91,7 +91,6 @@ class DurableDaemon(Daemon[LoggedEvent]):
         self._columns_of = columns_of(flow_set)
         await self._triggers.sync(flow_set.tables.values())
         await self._report_backlog()
-        log.info("eventlog.started", worker=self._log.worker)
 
     async def _flows_changed(self, flow_set: FlowSet) -> None:
         self._columns_of = columns_of(flow_set)
@@ -108,6 +107,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
     # ------------------------------------------------------------------ the feed
 
     async def _feed(self) -> None:
+        log.info("eventlog.started", worker=self._log.worker)
         pause = 1.0
         while not self._stopping.is_set():
             await self._pipeline.room()

@@ -2,12 +2,15 @@
 
 Checks, per flow: its rules compile; its actions are well-formed; its trigger table
 exists; each rule's field is a column and its value reads as that column's type;
-a table whose flows use `CHANGED*` has REPLICA IDENTITY FULL; the table is in the
-Realtime publication (when delivery is `realtime`); FUNCTION_CALL has SUPABASE_URL.
+FUNCTION_CALL has SUPABASE_URL. With delivery `realtime`: a table whose flows use
+`CHANGED*` has REPLICA IDENTITY FULL and the table is in the Realtime publication.
+With `durable`: the table carries flowd's capture trigger (the event log has the
+whole old row, so replica identity does not matter).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flowd import act
@@ -34,7 +37,12 @@ def _rule_label(flow: Flow, index: int) -> str:
     return f"rule {rule.rule_id}" if rule.rule_id is not None else f"rule #{index + 1}"
 
 
-async def _table_problems(flow: Flow, catalog: Catalog, settings: Settings) -> list[str]:
+async def _table_problems(
+    flow: Flow,
+    catalog: Catalog,
+    settings: Settings,
+    captured: Mapping[tuple[str, str], tuple[str, ...]] | None,
+) -> list[str]:
     schema, name = flow.table_ref
     table = await catalog.table(schema, name)
     if table is None:
@@ -43,21 +51,32 @@ async def _table_problems(flow: Flow, catalog: Catalog, settings: Settings) -> l
     for index, rule in enumerate(flow.rules):
         if (problem := check_rule_against_columns(rule, table.column_types)) is not None:
             problems.append(f"{_rule_label(flow, index)}: {problem}")
+    if captured is not None:
+        if captured.get((schema, name)) != table.primary_key:
+            problems.append(
+                f"table {schema}.{name} has no capture trigger (or one for an old primary key):"
+                " `flowd run` or `flowd --once` attaches it, as the table's owner"
+            )
+        return problems
     if needs_old_row(flow) and not table.replica_identity_full:
         problems.append(
             f"CHANGED rules need the old row: ALTER TABLE {table.qualified} REPLICA IDENTITY FULL;"
         )
-    if settings.delivery == "realtime" and (
-        problem := await catalog.publication_problem(schema, name)
-    ):
+    if problem := await catalog.publication_problem(schema, name):
         problems.append(problem)
     return problems
 
 
 async def validate(
-    loaded: list[Loaded], catalog: Catalog | None, settings: Settings
+    loaded: list[Loaded],
+    catalog: Catalog | None,
+    settings: Settings,
+    captured: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
 ) -> list[Problem]:
-    """Every problem of every flow (disabled ones too), in flow order."""
+    """Every problem of every flow (disabled ones too), in flow order.
+
+    `captured` (durable delivery): the tables carrying the capture trigger, with its key.
+    """
     problems: list[Problem] = []
     for item in loaded:
         if isinstance(item, FlowDefinitionError):
@@ -73,7 +92,7 @@ async def validate(
         except FlowDefinitionError as exc:
             texts.append(f"{exc.where}: {exc.reason}")
         if catalog is not None:
-            texts += await _table_problems(item, catalog, settings)
+            texts += await _table_problems(item, catalog, settings, captured)
         if settings.supabase_url is None and any(
             action.type.upper() == "FUNCTION_CALL" for action in item.actions
         ):

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from flowd.local_postgres import TemporaryCluster
 from flowd.migrate import migrate
 from tests.support.http_target import HttpTarget
-from flowd.local_postgres import TemporaryCluster
 
 TEMPLATE = "flowd_test_template"
 FIXTURES = Path(__file__).parent / "fixtures"

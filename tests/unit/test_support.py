@@ -9,8 +9,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support.http_target import HttpTarget, Reply
 from flowd.local_postgres import TemporaryCluster, find_pg_bin
+from tests.support.http_target import HttpTarget, Reply
 
 
 @pytest.fixture(scope="module")
