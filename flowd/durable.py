@@ -115,7 +115,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
             self._wake.clear()  # before the claim: a change committed during it wakes us
             try:
                 events = await self._log.claim(limit, self._columns_of)
-            except CONNECTION_LOST as exc:
+            except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
                 log.warning("eventlog.unavailable", error=_describe(exc), retry_in_s=pause)
                 await self._sleep(pause)
                 pause = min(pause * 2, 30.0)
@@ -177,7 +177,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
             return True
         try:
             await self._log.handled(batch)
-        except CONNECTION_LOST as exc:
+        except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
             self._handled = batch + self._handled
             log.warning("eventlog.unavailable", error=_describe(exc), retry_in_s=1.0)
             return False
@@ -192,7 +192,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
                 continue
             try:
                 renewed = await self._log.renew(held)
-            except CONNECTION_LOST as exc:
+            except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
                 log.warning("eventlog.lease_renewal_failed", error=_describe(exc))
                 continue
             lost = held - renewed - set(self._handled)

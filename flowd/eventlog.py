@@ -98,6 +98,14 @@ class EventLog:
         self.worker = worker
         self._lease_s = lease_s
 
+    def _locked(self, ids: str) -> str:
+        """SQL: the events `ids`, locked in id order, so two statements over the same
+        events (a handled mark and a lease renewal, say) cannot deadlock."""
+        return (
+            f"SELECT event_id FROM {self._table} WHERE event_id = ANY({ids}::bigint[])"
+            " ORDER BY event_id FOR UPDATE"
+        )
+
     async def claim(self, limit: int, columns_of: ColumnsOf) -> list[LoggedEvent]:
         """Up to `limit` events nobody holds, each the earliest pending one of its row."""
         rows = await self._pool.fetch(
@@ -121,7 +129,7 @@ class EventLog:
     async def handled(self, event_ids: Collection[int]) -> None:
         await self._pool.execute(
             f"UPDATE {self._table} SET handled_at = now(), lease_until = NULL"
-            " WHERE event_id = ANY($1::bigint[]) AND handled_at IS NULL",
+            f" WHERE event_id IN ({self._locked('$1')}) AND handled_at IS NULL",
             list(event_ids),
         )
 
@@ -129,7 +137,7 @@ class EventLog:
         """Extend the leases still held here; return the events they cover."""
         rows = await self._pool.fetch(
             f"UPDATE {self._table} SET lease_until = now() + make_interval(secs => $3)"
-            " WHERE event_id = ANY($1::bigint[]) AND worker = $2 AND handled_at IS NULL"
+            f" WHERE event_id IN ({self._locked('$1')}) AND worker = $2 AND handled_at IS NULL"
             " RETURNING event_id",
             list(event_ids),
             self.worker,
@@ -141,7 +149,7 @@ class EventLog:
         """Give events back unhandled, so the next worker need not wait out their leases."""
         await self._pool.execute(
             f"UPDATE {self._table} SET lease_until = NULL, worker = NULL"
-            " WHERE event_id = ANY($1::bigint[]) AND worker = $2 AND handled_at IS NULL",
+            f" WHERE event_id IN ({self._locked('$1')}) AND worker = $2 AND handled_at IS NULL",
             list(event_ids),
             self.worker,
         )

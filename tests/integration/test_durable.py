@@ -73,12 +73,16 @@ async def insert_tasks(db: asyncpg.Connection, ids: range, per_transaction: int 
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 60
+    check: Callable[[], Awaitable[bool]],
+    what: str,
+    timeout_s: float = 60,
+    *watched: RunningFlowd,
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while not await check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
+            logs = "\n".join(flowd.tail(40) for flowd in watched)
+            raise AssertionError(f"not within {timeout_s} s: {what}\n{logs}")
         await asyncio.sleep(0.1)
 
 
@@ -173,8 +177,8 @@ async def test_kill_9_mid_burst_loses_nothing_and_applies_each_update_once(
     )
     flowd, _ = await _burst_across_a_kill(database_url, db, lambda: start_durable(database_url))
     try:
-        await eventually(lambda: _at_least(successes(db), 2000), "2,000 executions", 120)
-        await eventually(lambda: no_pending(db), "every event handled")
+        await eventually(lambda: _at_least(successes(db), 2000), "2,000 executions", 120, flowd)
+        await eventually(lambda: no_pending(db), "every event handled", 60, flowd)
     finally:
         assert await flowd.stop() == 0
 
@@ -325,8 +329,8 @@ async def test_a_postgres_restart_mid_run_loses_nothing(
             await asyncio.to_thread(cluster.restart)
             db = await asyncpg.connect(url)
             await insert_tasks(db, range(101, 201), per_transaction=10)
-            await eventually(lambda: _at_least(successes(db), 200), "200 executions", 90)
-            await eventually(lambda: no_pending(db), "every event handled")
+            await eventually(lambda: _at_least(successes(db), 200), "200 executions", 90, flowd)
+            await eventually(lambda: no_pending(db), "every event handled", 60, flowd)
             assert await count(db, "SELECT count(*) FROM flow_executions") == 200
             await db.close()
         finally:
