@@ -15,7 +15,13 @@ from flowd.errors import ConfigurationError, DatabaseUnavailable
 
 CONNECT_TIMEOUT_S = 10.0
 # The database went away mid-work (network, restart, failover): worth trying again.
-CONNECTION_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+# InternalClientError: asyncpg's protocol state after a connection broke mid-operation.
+CONNECTION_LOST = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 # One connection, whether taken from a pool or opened alone.
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 

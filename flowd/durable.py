@@ -115,7 +115,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
             self._wake.clear()  # before the claim: a change committed during it wakes us
             try:
                 events = await self._log.claim(limit, self._columns_of)
-            except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+            except Exception as exc:  # the feed must outlive any failure; the poll goes on
                 log.warning("eventlog.unavailable", error=_describe(exc), retry_in_s=pause)
                 await self._sleep(pause)
                 pause = min(pause * 2, 30.0)

@@ -81,7 +81,13 @@ async def eventually(
     deadline = time.monotonic() + timeout_s
     while not await check():
         if time.monotonic() > deadline:
-            logs = "\n".join(flowd.tail(40) for flowd in watched)
+            logs = "\n".join(
+                json.dumps(line)
+                for flowd in watched
+                for line in flowd.logs
+                if line.get("level") != "info"
+                and line["event"] != "event.crashed"  # the stop after the timeout
+            )
             raise AssertionError(f"not within {timeout_s} s: {what}\n{logs}")
         await asyncio.sleep(0.1)
 
