@@ -18,6 +18,7 @@ whatever the operator.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -310,8 +311,11 @@ def _parse_bool(text: str) -> bool | None:
 
 
 def _parse_instant(text: str) -> datetime | None:
+    stripped = text.strip()
+    if not stripped[:4].isdigit():
+        return None  # every ISO 8601 instant starts with its year; spares raising below
     try:
-        parsed = datetime.fromisoformat(text.strip())
+        parsed = datetime.fromisoformat(stripped)
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
@@ -380,6 +384,7 @@ class _RuleValue:
     as_kind: Mapping[_Kind, Scalar | None]
 
     @classmethod
+    @functools.lru_cache(maxsize=4096)  # rule sets repeat values; readings are immutable
     def read(cls, text: str) -> _RuleValue:
         return cls(
             text,
@@ -434,18 +439,18 @@ class _FieldAddress:
     def resolve(self, view: EventView) -> tuple[object, str | None]:
         return _resolve(self, self.record(view), view.column_types)
 
-    def fetcher(self) -> Callable[[EventView], Reading]:
-        """The field's reading in an event: worked out by the first rule that asks."""
+    def reader(self) -> Fetch:
+        """Reads the field in an event and keeps the reading in `view.readings[key]`.
+
+        A rule asks `view.readings.get(key) or read(view)`: the first one reads."""
         key = self.key
         resolve = self.resolve
 
-        def fetch(view: EventView) -> Reading:
-            reading = view.readings.get(key)
-            if reading is None:
-                reading = view.readings[key] = _reading(*resolve(view))
+        def read(view: EventView) -> Reading:
+            reading = view.readings[key] = _reading(*resolve(view))
             return reading
 
-        return fetch
+        return read
 
 
 _RECORDS: Final[Mapping[str, Callable[[EventView], dict[str, Any]]]] = {
@@ -614,33 +619,35 @@ def _equal_test(value: str) -> FieldTest:
     return lambda field, typname: _equal_verdict(field, typname, expected)
 
 
-# A rule builder makes a rule's check from (rule.value, the field's fetcher, negated?) and
+# A rule builder makes a rule's check from (rule.value, the field, negated?) and
 # says on which index keys the (positive) rule holds, when it holds on those keys alone.
 Fetch = Callable[[EventView], Reading]
-RuleBuilder = Callable[[str, Fetch, bool], tuple[RuleCheck, frozenset[Hashable] | None]]
+RuleBuilder = Callable[[str, _FieldAddress, bool], tuple[RuleCheck, frozenset[Hashable] | None]]
 
 
 def _equal_rule(
-    value: str, fetch: Fetch, negated: bool
+    value: str, field: _FieldAddress, negated: bool
 ) -> tuple[RuleCheck, frozenset[Hashable] | None]:
     expected = _RuleValue.read(value)
     wanted_by_kind = {
         kind: None if (wanted := expected.as_kind[kind]) is None else frozenset({wanted})
         for kind in _SCALAR_KINDS
     }
-    return _keyed_rule(wanted_by_kind, fetch, negated)
+    return _keyed_rule(wanted_by_kind, field, negated)
 
 
 def _in_rule(
-    value: str, fetch: Fetch, negated: bool
+    value: str, field: _FieldAddress, negated: bool
 ) -> tuple[RuleCheck, frozenset[Hashable] | None]:
     items = _parse_in_items(value)
     wanted_by_kind = {kind: _readings_as(kind, items) for kind in _SCALAR_KINDS}
-    return _keyed_rule(wanted_by_kind, fetch, negated)
+    return _keyed_rule(wanted_by_kind, field, negated)
 
 
 def _keyed_rule(
-    wanted_by_kind: Mapping[_Kind, frozenset[Scalar] | None], fetch: Fetch, negated: bool
+    wanted_by_kind: Mapping[_Kind, frozenset[Scalar] | None],
+    field: _FieldAddress,
+    negated: bool,
 ) -> tuple[RuleCheck, frozenset[Hashable] | None]:
     """`=`/`IN` as a set of reading keys: the rule holds when the field's key is one of them.
 
@@ -649,33 +656,42 @@ def _keyed_rule(
         (kind, wanted) for kind, readings in wanted_by_kind.items() for wanted in readings or ()
     )
     unreadable = frozenset(kind for kind, readings in wanted_by_kind.items() if readings is None)
-    if not negated:
-        return lambda view: fetch(view)[4] in keys, keys
+    key, read = field.key, field.reader()
+
+    def holds(view: EventView) -> bool:
+        return (view.readings.get(key) or read(view))[4] in keys
 
     def holds_not(view: EventView) -> bool:
-        reading = fetch(view)
+        reading = view.readings.get(key) or read(view)
         return reading[2] not in unreadable and reading[4] not in keys
 
-    return holds_not, None
+    return (holds_not, None) if negated else (holds, keys)
 
 
 def _null_rule(
-    value: str, fetch: Fetch, negated: bool
+    value: str, field: _FieldAddress, negated: bool
 ) -> tuple[RuleCheck, frozenset[Hashable] | None]:
-    if negated:
-        return lambda view: fetch(view)[4] is not _NULL_KEY, None
-    return lambda view: fetch(view)[4] is _NULL_KEY, frozenset({_NULL_KEY})
+    key, read = field.key, field.reader()
+
+    def holds(view: EventView) -> bool:
+        return (view.readings.get(key) or read(view))[4] is _NULL_KEY
+
+    def holds_not(view: EventView) -> bool:
+        return (view.readings.get(key) or read(view))[4] is not _NULL_KEY
+
+    return (holds_not, None) if negated else (holds, frozenset({_NULL_KEY}))
 
 
 def _order_rule(order: Callable[[Any, Any], Any]) -> RuleBuilder:
-    def build(value: str, fetch: Fetch, negated: bool) -> tuple[RuleCheck, None]:
+    def build(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
         expected = _RuleValue.read(value)
+        key, read = field.key, field.reader()
         bounds = {kind: expected.as_kind[kind] for kind in _ORDERED_KINDS}
         if expected.as_kind[_Kind.NUMBER] is not None:
             bounds[_Kind.TEXT] = None  # text against a number: "10" would sort before "9"
 
         def holds(view: EventView) -> bool:
-            _, _, kind, actual, _ = fetch(view)
+            _, _, kind, actual, _ = view.readings.get(key) or read(view)
             bound = bounds.get(kind)
             return bound is not None and actual is not None and bool(order(actual, bound))
 
@@ -684,21 +700,24 @@ def _order_rule(order: Callable[[Any, Any], Any]) -> RuleBuilder:
     return build
 
 
-def _contains_rule(value: str, fetch: Fetch, negated: bool) -> tuple[RuleCheck, None]:
+def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
     expected = _RuleValue.read(value)
     holds_on = _FAILS if negated else _HOLDS
+    key, read = field.key, field.reader()
 
     def holds(view: EventView) -> bool:
-        field, typname, _, _, _ = fetch(view)
-        return _contains_verdict(field, typname, expected) is holds_on
+        value, typname, _, _, _ = view.readings.get(key) or read(view)
+        return _contains_verdict(value, typname, expected) is holds_on
 
     return holds, None
 
 
 def _text_rule(test: Callable[[str, str], bool]) -> RuleBuilder:
-    def build(value: str, fetch: Fetch, negated: bool) -> tuple[RuleCheck, None]:
+    def build(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
+        key, read = field.key, field.reader()
+
         def holds(view: EventView) -> bool:
-            _, _, kind, text, _ = fetch(view)
+            _, _, kind, text, _ = view.readings.get(key) or read(view)
             return kind is _Kind.TEXT and isinstance(text, str) and test(text, value)
 
         return holds, None
@@ -706,14 +725,15 @@ def _text_rule(test: Callable[[str, str], bool]) -> RuleBuilder:
     return build
 
 
-def _matches_rule(value: str, fetch: Fetch, negated: bool) -> tuple[RuleCheck, None]:
+def _matches_rule(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
     try:
         search = re.compile(value).search
     except (re.error, OverflowError, RecursionError) as error:
         raise _Refused(f"the regular expression {value!r} does not compile: {error}") from None
+    key, read = field.key, field.reader()
 
     def holds(view: EventView) -> bool:
-        _, _, kind, text, _ = fetch(view)
+        _, _, kind, text, _ = view.readings.get(key) or read(view)
         return kind is _Kind.TEXT and isinstance(text, str) and search(text) is not None
 
     return holds, None
@@ -814,9 +834,8 @@ def _compile_rule(flow_id: int, position: int, rule: Rule) -> _RulePlan:
             check = _changed_check(operator_name, address, rule.value)
             return _RulePlan(check, address.key, None, None, True)
         positive = _NEGATED.get(operator_name, operator_name)
-        fetch = address.fetcher()
-        check, keys = _RULE_BUILDERS[positive](rule.value or "", fetch, positive != operator_name)
-        return _RulePlan(check, address.key, fetch, keys, False)
+        check, keys = _RULE_BUILDERS[positive](rule.value or "", address, positive != operator_name)
+        return _RulePlan(check, address.key, address.reader(), keys, False)
     except _Refused as refused:
         raise FlowDefinitionError(flow_id, _rule_location(position, rule), refused.reason) from None
 
@@ -879,7 +898,7 @@ class _RulePlan:
 
     check: RuleCheck
     field_key: str  # the address of the field it reads (`_FieldAddress.key`)
-    fetch: Fetch | None  # that field's reading in an event; None for CHANGED*
+    read: Fetch | None  # reads that field in an event (`_FieldAddress.reader`); None for CHANGED*
     keys: frozenset[Hashable] | None  # the reading keys on which it holds, if only on those
     changes: bool  # CHANGED*: reads the old row, and never holds outside UPDATE
 
@@ -953,14 +972,14 @@ class _Bucket:
                     scanned.append((compiled.flow, rest))
                     continue
                 assert rule.keys is not None
-                assert rule.fetch is not None
+                assert rule.read is not None
                 by_key = filed.setdefault(rule.field_key, {})
                 for key in rule.keys:
                     by_key.setdefault(key, []).append((compiled.flow, rest))
-                fetchers.setdefault(rule.field_key, rule.fetch)
+                fetchers.setdefault(rule.field_key, rule.read)
         self._scanned = tuple(scanned)
         self._indexes = tuple(
-            (fetchers[field_key], {key: tuple(entries) for key, entries in by_key.items()})
+            (field_key, fetchers[field_key], {k: tuple(entries) for k, entries in by_key.items()})
             for field_key, by_key in filed.items()
         )
 
@@ -974,8 +993,9 @@ class _Bucket:
             if needs_full_identity:
                 lacking_identity.append(flow)
         found = False
-        for fetch, entries_by_key in self._indexes:
-            entries = entries_by_key.get(fetch(view)[4])
+        readings = view.readings
+        for key, read, entries_by_key in self._indexes:
+            entries = entries_by_key.get((readings.get(key) or read(view))[4])
             if entries is None:
                 continue
             found = True
