@@ -7,7 +7,11 @@ names: case variants, numbers sent as text, instants in other time zones, nulls 
 missing keys, json paths, typed array elements, old-vs-new, and UPDATE/DELETE under both
 replica identities.
 
-Operators are drawn with the weights of `OPERATOR_WEIGHTS`, a guess at a realistic rule
+Every table has an `org_id` column (the tenant a row belongs to), and `TENANT_SCOPED` of
+the flows are a tenant's own: one of their rules (at a random place) is `org_id = N` or
+`org_id IN (N, M)`, as in a multi-tenant application whose users write their own flows.
+The number of tenants grows with the flows (`flows_per_tenant`), every other flow is
+global. Operators are drawn with the weights of `OPERATOR_WEIGHTS`, a guess at a realistic rule
 set (equality and `IN` on status-like columns first; every operator of the spec present).
 Events are produced lazily (`iter_events`), so a burst of any size is never held whole.
 """
@@ -25,11 +29,13 @@ from flowd.models import ChangeEvent, Flow, Rule
 __all__ = [
     "OPERATOR_WEIGHTS",
     "Table",
+    "Workload",
     "iter_events",
-    "make_events",
     "make_flows",
     "make_tables",
 ]
+
+TENANT_SCOPED: Final = 0.7  # of the flows that must match ALL rules
 
 # --------------------------------------------------------------------------- columns
 
@@ -98,7 +104,7 @@ def make_tables(count: int, rng: random.Random) -> list[Table]:
     for number in range(count):
         schema = "crm" if number % 7 == 3 else "public"
         extra = rng.sample(_COLUMN_POOL, rng.randint(7, len(_COLUMN_POOL)))
-        columns = (("id", "int8"), *sorted(extra, key=_COLUMN_POOL.index))
+        columns = (("id", "int8"), ("org_id", "int8"), *sorted(extra, key=_COLUMN_POOL.index))
         tables.append(Table(schema, f"t{number:02d}", columns))
     return tables
 
@@ -154,7 +160,7 @@ def _rule_value(typname: str, rng: random.Random) -> str:
     if typname == "_int4":
         return rng.choice(["1", "3", "42", "8"])
     if typname in {"_text", "jsonb"}:
-        return rng.choice(TAGS + ("area", "owner", "points", "ui"))
+        return rng.choice((*TAGS, "area", "owner", "points", "ui"))
     return rng.choice(TEXT_WORDS + PRIORITIES + TITLES[:2])
 
 
@@ -193,7 +199,7 @@ _PATTERNS: Final = ("^urgent", "(?i)^urgent", r"fix\b", "done$", "^$", "[0-9]+",
 
 def _rule_field(table: Table, operator_name: str, rng: random.Random) -> tuple[str, str]:
     """(field, type the value is read as) for a rule on `table`."""
-    name, typname = rng.choice(table.columns[1:])
+    name, typname = rng.choice(table.columns[2:])
     if typname == "jsonb" and rng.random() < 0.8:
         path, leaf = rng.choice(
             [
@@ -206,9 +212,9 @@ def _rule_field(table: Table, operator_name: str, rng: random.Random) -> tuple[s
             ]
         )
         return path, leaf
-    if typname in {"_text", "_int4"} and operator_name not in {"CONTAINS", "NOT_CONTAINS"}:
-        if rng.random() < 0.5:
-            return f"{name}.0", typname[1:]
+    is_array = typname in {"_text", "_int4"}
+    if is_array and operator_name not in {"CONTAINS", "NOT_CONTAINS"} and rng.random() < 0.5:
+        return f"{name}.0", typname[1:]
     if operator_name not in {"CHANGED", "CHANGED_TO", "CHANGED_FROM"} and rng.random() < 0.1:
         return f"{rng.choice(['old', 'new'])}.{name}", typname
     return name, typname
@@ -234,22 +240,33 @@ def _make_rule(rule_id: int, table: Table, rng: random.Random) -> Rule:
     return Rule(rule_id=rule_id, field=field, operator=spelling, value=value)
 
 
-def make_flows(count: int, tables: Sequence[Table], rng: random.Random) -> list[Flow]:
-    """`count` enabled flows, each on one table with 1–4 rules (a few with none)."""
+def _tenant_rule(rule_id: int, tenants: int, rng: random.Random) -> Rule:
+    if rng.random() < 0.8:
+        return Rule(
+            rule_id=rule_id, field="org_id", operator="=", value=str(rng.randint(1, tenants))
+        )
+    pair = f"{rng.randint(1, tenants)}, {rng.randint(1, tenants)}"
+    return Rule(rule_id=rule_id, field="org_id", operator="IN", value=pair)
+
+
+def make_flows(count: int, tables: Sequence[Table], tenants: int, rng: random.Random) -> list[Flow]:
+    """`count` enabled flows, each on one table with 1 to 4 rules (a few with none)."""
     flows = []
     for flow_id in range(1, count + 1):
         table = rng.choice(tables)
         rule_count = 0 if rng.random() < 0.02 else rng.randint(1, 4)
+        match = "ANY" if rng.random() < 0.2 else rng.choice(["ALL", "all"])
+        rules = [_make_rule(flow_id * 10 + n, table, rng) for n in range(1, rule_count + 1)]
+        if match != "ANY" and rng.random() < TENANT_SCOPED:
+            rules.insert(rng.randint(0, len(rules)), _tenant_rule(flow_id * 10, tenants, rng))
         flows.append(
             Flow(
                 flow_id=flow_id,
                 name=f"flow {flow_id}",
                 trigger_table=table.trigger_table,
                 trigger_event=rng.choice(["INSERT", "UPDATE", "UPDATE", "DELETE", "*"]),
-                match="ANY" if rng.random() < 0.2 else rng.choice(["ALL", "all"]),
-                rules=tuple(
-                    _make_rule(flow_id * 10 + n, table, rng) for n in range(1, rule_count + 1)
-                ),
+                match=match,
+                rules=tuple(rules),
             )
         )
     return flows
@@ -258,22 +275,24 @@ def make_flows(count: int, tables: Sequence[Table], rng: random.Random) -> list[
 # --------------------------------------------------------------------------- events
 
 
-def _record(table: Table, number: int, rng: random.Random) -> dict[str, Any]:
-    record: dict[str, Any] = {"id": number}
-    for name, typname in table.columns[1:]:
+def _record(table: Table, number: int, tenants: int, rng: random.Random) -> dict[str, Any]:
+    record: dict[str, Any] = {"id": number, "org_id": rng.randint(1, tenants)}
+    for name, typname in table.columns[2:]:
         if rng.random() < 0.02:
             continue  # an unchanged TOASTed value is left out of the record
         record[name] = _column_value(typname, rng)
     return record
 
 
-def _event_data(tables: Sequence[Table], number: int, rng: random.Random) -> dict[str, Any]:
+def _event_data(
+    tables: Sequence[Table], tenants: int, number: int, rng: random.Random
+) -> dict[str, Any]:
     table = rng.choice(tables)
     change_type = rng.choice(["INSERT", "UPDATE", "UPDATE", "UPDATE", "DELETE"])
     full_identity = rng.random() < 0.7
-    record = _record(table, number, rng)
+    record = _record(table, number, tenants, rng)
     old = dict(record)
-    for name, typname in table.columns[1:]:
+    for name, typname in table.columns[2:]:
         if rng.random() < 0.3:
             old[name] = _column_value(typname, rng)
     if not full_identity:
@@ -301,15 +320,13 @@ def _event_data(tables: Sequence[Table], number: int, rng: random.Random) -> dic
     return data
 
 
-def iter_events(tables: Sequence[Table], count: int, seed: int) -> Iterator[ChangeEvent]:
+def iter_events(
+    tables: Sequence[Table], tenants: int, count: int, seed: int
+) -> Iterator[ChangeEvent]:
     """`count` change events on `tables`, made one at a time from `seed`."""
     rng = random.Random(seed)
     for number in range(count):
-        yield ChangeEvent.model_validate(_event_data(tables, number, rng))
-
-
-def make_events(tables: Sequence[Table], count: int, seed: int) -> list[ChangeEvent]:
-    return list(iter_events(tables, count, seed))
+        yield ChangeEvent.model_validate(_event_data(tables, tenants, number, rng))
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,14 +334,19 @@ class Workload:
     """Tables, flows and a seed for events: everything a benchmark run classifies."""
 
     tables: tuple[Table, ...]
+    tenants: int
     flows: tuple[Flow, ...]
     seed: int
 
     @classmethod
-    def make(cls, flows: int, tables: int = 24, seed: int = 6) -> Workload:
+    def make(
+        cls, flows: int, tables: int = 24, seed: int = 6, flows_per_tenant: int = 20
+    ) -> Workload:
         rng = random.Random(seed)
         made_tables = tuple(make_tables(tables, rng))
-        return cls(made_tables, tuple(make_flows(flows, made_tables, rng)), seed)
+        tenants = max(1, flows // flows_per_tenant)
+        return cls(made_tables, tenants, tuple(make_flows(flows, made_tables, tenants, rng)), seed)
 
     def events(self, count: int) -> Iterator[ChangeEvent]:
-        return iter_events(self.tables, count, self.seed + 1)
+        """`count` events made one at a time: the same ones for the same workload."""
+        return iter_events(self.tables, self.tenants, count, self.seed + 1)
