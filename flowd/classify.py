@@ -252,7 +252,7 @@ _JSON_TYPNAMES: Final = frozenset({"json", "jsonb"})
 _SCALAR_KINDS: Final = frozenset({_Kind.NUMBER, _Kind.BOOL, _Kind.INSTANT, _Kind.TEXT})
 _ORDERED_KINDS: Final = frozenset({_Kind.NUMBER, _Kind.INSTANT, _Kind.TEXT})
 
-Scalar = Decimal | bool | datetime | str
+Scalar = Decimal | int | bool | datetime | str
 
 
 def _kind_of(value: object, typname: str | None) -> _Kind:
@@ -321,11 +321,11 @@ def _parse_instant(text: str) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _read_number(value: object) -> Decimal | None:
+def _read_number(value: object) -> Decimal | int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return Decimal(value)
+        return value  # equal to, hashed and ordered as the Decimal of the same number
     if isinstance(value, float):
         return Decimal(repr(value)) if math.isfinite(value) else None
     if isinstance(value, Decimal):
@@ -866,6 +866,9 @@ def _changed_check(operator_name: str, address: _FieldAddress, value: str | None
 
 
 def _all_hold(checks: tuple[RuleCheck, ...]) -> FlowPredicate:
+    if len(checks) == 1:
+        return _one_holds(checks[0])
+
     def all_hold(view: EventView) -> tuple[bool, bool]:
         for check in checks:
             verdict = check(view)
@@ -876,7 +879,18 @@ def _all_hold(checks: tuple[RuleCheck, ...]) -> FlowPredicate:
     return all_hold
 
 
+def _one_holds(check: RuleCheck) -> FlowPredicate:
+    def one_holds(view: EventView) -> tuple[bool, bool]:
+        verdict = check(view)
+        return (True, False) if verdict else (False, verdict is None)
+
+    return one_holds
+
+
 def _any_holds(checks: tuple[RuleCheck, ...]) -> FlowPredicate:
+    if len(checks) == 1:
+        return _one_holds(checks[0])
+
     def any_holds(view: EventView) -> tuple[bool, bool]:
         lacking_identity = False
         for check in checks:
@@ -932,8 +946,14 @@ class _FlowPlan:
             if keyed:
                 key_rule = min(keyed, key=_selectivity)
                 return [(key_rule, self.predicate(r for r in rules if r is not key_rule))]
-        elif rules and all(rule.keys is not None for rule in rules):
-            return [(rule, None) for rule in rules]
+        elif not any(rule.changes for rule in rules):
+            # no CHANGED*, so no report to keep in order: each keyed rule that holds is a
+            # match, and only the other rules are tried on every event
+            filed: list[tuple[_RulePlan | None, FlowPredicate | None]]
+            filed = [(rule, None) for rule in rules if rule.keys is not None]
+            others = [rule for rule in rules if rule.keys is None]
+            if filed:
+                return filed + ([(None, self.predicate(others))] if others else [])
         return [(None, self.predicate(rules))]
 
 
