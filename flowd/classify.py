@@ -826,18 +826,23 @@ def _rule_location(position: int, rule: Rule) -> str:
 
 def _compile_rule(flow_id: int, position: int, rule: Rule) -> _RulePlan:
     try:
-        operator_name = _normalise_operator(rule.operator)
-        address = _parse_field(rule.field)
-        if rule.value is None and operator_name not in _VALUE_FREE_OPERATORS:
-            raise _Refused(f"operator {operator_name} needs a value")
-        if operator_name in _CHANGE_OPERATORS:
-            check = _changed_check(operator_name, address, rule.value)
-            return _RulePlan(check, address.key, None, None, True)
-        positive = _NEGATED.get(operator_name, operator_name)
-        check, keys = _RULE_BUILDERS[positive](rule.value or "", address, positive != operator_name)
-        return _RulePlan(check, address.key, address.reader(), keys, False)
+        return _rule_plan(rule.field, rule.operator, rule.value)
     except _Refused as refused:
         raise FlowDefinitionError(flow_id, _rule_location(position, rule), refused.reason) from None
+
+
+@functools.lru_cache(maxsize=16384)  # flows repeat rules; a plan is immutable and shareable
+def _rule_plan(field: str, operator_text: str, value: str | None) -> _RulePlan:
+    operator_name = _normalise_operator(operator_text)
+    address = _parse_field(field)
+    if value is None and operator_name not in _VALUE_FREE_OPERATORS:
+        raise _Refused(f"operator {operator_name} needs a value")
+    if operator_name in _CHANGE_OPERATORS:
+        check = _changed_check(operator_name, address, value)
+        return _RulePlan(check, address.key, None, None, True)
+    positive = _NEGATED.get(operator_name, operator_name)
+    check, keys = _RULE_BUILDERS[positive](value or "", address, positive != operator_name)
+    return _RulePlan(check, address.key, address.reader(), keys, False)
 
 
 def _changed_check(operator_name: str, address: _FieldAddress, value: str | None) -> RuleCheck:
