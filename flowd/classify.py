@@ -18,11 +18,13 @@ whatever the operator.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -63,13 +65,14 @@ _MISSING: Final = _Missing()
 class EventView:
     """The parts of one change event that rules read, worked out once per event."""
 
-    __slots__ = ("change_type", "column_types", "new", "old", "subject")
+    __slots__ = ("change_type", "column_types", "new", "old", "readings", "subject")
 
     change_type: ChangeType
     column_types: dict[str, str]
     new: dict[str, Any]
     old: dict[str, Any]
     subject: dict[str, Any]  # the record a field without `old.`/`new.` addresses
+    readings: dict[str, Reading]  # each addressed field read once, by its address
 
     def __init__(self, event: ChangeEvent) -> None:
         self.change_type = event.type
@@ -77,7 +80,13 @@ class EventView:
         self.new = event.new
         self.old = event.old
         self.subject = self.old if event.type == "DELETE" else self.new
+        self.readings = {}
 
+
+Reading = tuple[object, str | None, "_Kind", "Scalar | None", Hashable | None]
+"""A field as one event holds it, read once: (value, type name, kind, value read as that
+kind or None, index key). The key is `(kind, reading)`, `_NULL_KEY` for null or missing,
+or None for a value that cannot be read as its own type."""
 
 RuleCheck = Callable[[EventView], bool | None]
 """One compiled rule: True/False, or None for "false because `old` lacks the field"."""
@@ -91,11 +100,16 @@ FlowPredicate = Callable[[EventView], tuple[bool, bool]]
 
 @dataclass(frozen=True, slots=True)
 class CompiledFlow:
-    """A flow whose definition has been checked and whose rules are compiled."""
+    """A flow whose definition has been checked and whose rules are compiled.
+
+    `plan` lets `FlowIndex` look the flow up by its rules instead of trying it on every
+    event of its table; a CompiledFlow without one is simply tried on every event.
+    """
 
     flow: Flow
     binding: tuple[str, str, str]  # (schema, table, INSERT/UPDATE/DELETE or "*")
     predicate: FlowPredicate
+    plan: _FlowPlan | None = None
 
     def evaluate(self, event: ChangeEvent) -> tuple[bool, bool]:
         """(matched, needs_full_identity) of the rules alone, whatever the event's table."""
@@ -114,9 +128,11 @@ _NOTHING_MATCHED: Final = Classification((), ())
 
 
 class FlowIndex:
-    """Compiled flows indexed by (schema, table, type).
+    """Compiled flows indexed by (schema, table, type), then by their rules.
 
-    An event never looks at flows of other tables.
+    An event never looks at flows of other tables. Within its table and type, a flow
+    with an `=`, `IN` or `IS_NULL` rule that must hold is filed under the values that
+    make it hold (see `_Bucket`), so an event only tries the flows its values select.
     """
 
     __slots__ = ("_by_event_kind", "_compiled")
@@ -131,23 +147,16 @@ class FlowIndex:
             change_types = _CHANGE_TYPES if trigger_event == "*" else (trigger_event,)
             for change_type in change_types:
                 by_event_kind.setdefault((schema, table, change_type), []).append(compiled)
-        self._by_event_kind = {key: tuple(value) for key, value in by_event_kind.items()}
+        self._by_event_kind = {
+            key: _Bucket(key[2], compiled) for key, compiled in by_event_kind.items()
+        }
 
     def classify(self, event: ChangeEvent) -> Classification:
         """The enabled flows of the event's table and type whose rules hold, ascending id."""
-        candidates = self._by_event_kind.get((event.schema_name, event.table, event.type))
-        if not candidates:
+        bucket = self._by_event_kind.get((event.schema_name, event.table, event.type))
+        if bucket is None:
             return _NOTHING_MATCHED
-        view = EventView(event)
-        matched: list[Flow] = []
-        lacking_identity: list[Flow] = []
-        for compiled in candidates:
-            is_match, needs_full_identity = compiled.predicate(view)
-            if is_match:
-                matched.append(compiled.flow)
-            if needs_full_identity:
-                lacking_identity.append(compiled.flow)
-        return Classification(tuple(matched), tuple(lacking_identity))
+        return bucket.classify(EventView(event))
 
     def __len__(self) -> int:
         return len(self._compiled)
@@ -165,13 +174,13 @@ class FlowIndex:
 def compile_flow(flow: Flow) -> CompiledFlow:
     """Check `flow`'s definition and compile its rules; FlowDefinitionError if it cannot work."""
     binding = (*_table_of(flow), _trigger_event_of(flow))
-    match = _match_of(flow)
-    checks = tuple(
+    match_all = _match_of(flow) == "ALL"
+    rules = tuple(
         _compile_rule(flow.flow_id, position, rule)
         for position, rule in enumerate(flow.rules, start=1)
     )
-    predicate = _all_hold(checks) if match == "ALL" else _any_holds(checks)
-    return CompiledFlow(flow, binding, predicate)
+    plan = _FlowPlan(match_all, rules)
+    return CompiledFlow(flow, binding, plan.predicate(rules), plan)
 
 
 def build_index(flows: Iterable[Flow]) -> tuple[FlowIndex, list[FlowDefinitionError]]:
@@ -243,7 +252,7 @@ _JSON_TYPNAMES: Final = frozenset({"json", "jsonb"})
 _SCALAR_KINDS: Final = frozenset({_Kind.NUMBER, _Kind.BOOL, _Kind.INSTANT, _Kind.TEXT})
 _ORDERED_KINDS: Final = frozenset({_Kind.NUMBER, _Kind.INSTANT, _Kind.TEXT})
 
-Scalar = Decimal | bool | datetime | str
+Scalar = Decimal | int | bool | datetime | str
 
 
 def _kind_of(value: object, typname: str | None) -> _Kind:
@@ -302,18 +311,21 @@ def _parse_bool(text: str) -> bool | None:
 
 
 def _parse_instant(text: str) -> datetime | None:
+    stripped = text.strip()
+    if not stripped[:4].isdigit():
+        return None  # every ISO 8601 instant starts with its year; spares raising below
     try:
-        parsed = datetime.fromisoformat(text.strip())
+        parsed = datetime.fromisoformat(stripped)
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _read_number(value: object) -> Decimal | None:
+def _read_number(value: object) -> Decimal | int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return Decimal(value)
+        return value  # equal to, hashed and ordered as the Decimal of the same number
     if isinstance(value, float):
         return Decimal(repr(value)) if math.isfinite(value) else None
     if isinstance(value, Decimal):
@@ -351,6 +363,19 @@ _FIELD_READERS: Final[Mapping[_Kind, Callable[[object], Scalar | None]]] = {
 }
 
 
+_NULL_KEY: Final = "null"  # the reading key of a null or missing field
+
+
+def _reading(value: object, typname: str | None) -> Reading:
+    """A field's value read once: its kind, its value as that kind, its index key."""
+    kind = _kind_of(value, typname)
+    if value is None or value is _MISSING:
+        return (value, typname, kind, None, _NULL_KEY)
+    reader = _FIELD_READERS.get(kind)
+    actual = None if reader is None else reader(value)
+    return (value, typname, kind, actual, None if actual is None else (kind, actual))
+
+
 @dataclass(frozen=True, slots=True)
 class _RuleValue:
     """`rule.value` read once as each scalar kind; None where it cannot be read so."""
@@ -359,6 +384,7 @@ class _RuleValue:
     as_kind: Mapping[_Kind, Scalar | None]
 
     @classmethod
+    @functools.lru_cache(maxsize=4096)  # rule sets repeat values; readings are immutable
     def read(cls, text: str) -> _RuleValue:
         return cls(
             text,
@@ -408,9 +434,23 @@ class _FieldAddress:
     record: Callable[[EventView], dict[str, Any]]
     column: str
     steps: tuple[_Step, ...]
+    key: str  # the same for every rule that addresses the same field of the same record
 
     def resolve(self, view: EventView) -> tuple[object, str | None]:
         return _resolve(self, self.record(view), view.column_types)
+
+    def reader(self) -> Fetch:
+        """Reads the field in an event and keeps the reading in `view.readings[key]`.
+
+        A rule asks `view.readings.get(key) or read(view)`: the first one reads."""
+        key = self.key
+        resolve = self.resolve
+
+        def read(view: EventView) -> Reading:
+            reading = view.readings[key] = _reading(*resolve(view))
+            return reading
+
+        return read
 
 
 _RECORDS: Final[Mapping[str, Callable[[EventView], dict[str, Any]]]] = {
@@ -424,10 +464,10 @@ def _parse_field(field: str) -> _FieldAddress:
     if not field.strip():
         raise _Refused("the field is empty")
     segments = field.split(".")
-    record = _subject_record
+    record, record_name = _subject_record, ""
     # `old` alone is a column named old, not the old record
     if len(segments) > 1 and segments[0] in _RECORDS:
-        record = _RECORDS[segments[0]]
+        record, record_name = _RECORDS[segments[0]], segments[0]
         segments = segments[1:]
     if "" in segments:
         raise _Refused(f"the field {field!r} has an empty path segment")
@@ -435,7 +475,7 @@ def _parse_field(field: str) -> _FieldAddress:
         _Step(segment, int(segment) if segment.isascii() and segment.isdigit() else None)
         for segment in segments[1:]
     )
-    return _FieldAddress(record, segments[0], steps)
+    return _FieldAddress(record, segments[0], steps, f"{record_name}:{'.'.join(segments)}")
 
 
 def _resolve(
@@ -520,36 +560,6 @@ def _equal_verdict(value: object, typname: str | None, expected: _RuleValue) -> 
     return _HOLDS if actual == wanted else _FAILS
 
 
-def _order_verdict(
-    value: object, typname: str | None, expected: _RuleValue, order: Callable[[Any, Any], Any]
-) -> _Verdict:
-    kind = _kind_of(value, typname)
-    if kind not in _ORDERED_KINDS:
-        return _FAILS
-    if kind is _Kind.TEXT and expected.as_kind[_Kind.NUMBER] is not None:
-        return _FAILS  # text against a number: code-point order would put "10" before "9"
-    wanted = expected.as_kind[kind]
-    actual = _FIELD_READERS[kind](value)
-    if wanted is None or actual is None:
-        return _FAILS
-    return _HOLDS if order(actual, wanted) else _FAILS
-
-
-def _in_verdict(
-    value: object, typname: str | None, wanted_by_kind: Mapping[_Kind, frozenset[Scalar] | None]
-) -> _Verdict:
-    kind = _kind_of(value, typname)
-    if kind not in _SCALAR_KINDS:
-        return _FAILS
-    wanted = wanted_by_kind[kind]
-    if wanted is None:
-        return _UNREADABLE
-    actual = _FIELD_READERS[kind](value)
-    if actual is None:
-        return _FAILS
-    return _HOLDS if actual in wanted else _FAILS
-
-
 def _contains_verdict(value: object, typname: str | None, expected: _RuleValue) -> _Verdict:
     kind = _kind_of(value, typname)
     if kind is _Kind.TEXT:
@@ -567,16 +577,6 @@ def _contains_verdict(value: object, typname: str | None, expected: _RuleValue) 
         if _equal_verdict(element, typed_as, expected) is _HOLDS:
             return _HOLDS
     return _FAILS
-
-
-def _text_verdict(value: object, typname: str | None, test: Callable[[str], bool]) -> _Verdict:
-    if _kind_of(value, typname) is not _Kind.TEXT or not isinstance(value, str):
-        return _FAILS
-    return _HOLDS if test(value) else _FAILS
-
-
-def _null_verdict(value: object, typname: str | None) -> _Verdict:
-    return _HOLDS if value is None or value is _MISSING else _FAILS
 
 
 def _same_json(left: object, right: object) -> bool:
@@ -619,42 +619,124 @@ def _equal_test(value: str) -> FieldTest:
     return lambda field, typname: _equal_verdict(field, typname, expected)
 
 
-def _order_test(order: Callable[[Any, Any], Any]) -> Callable[[str], FieldTest]:
-    def build(value: str) -> FieldTest:
+# A rule builder makes a rule's check from (rule.value, the field, negated?) and
+# says on which index keys the (positive) rule holds, when it holds on those keys alone.
+Fetch = Callable[[EventView], Reading]
+RuleBuilder = Callable[[str, _FieldAddress, bool], tuple[RuleCheck, frozenset[Hashable] | None]]
+
+
+def _equal_rule(
+    value: str, field: _FieldAddress, negated: bool
+) -> tuple[RuleCheck, frozenset[Hashable] | None]:
+    expected = _RuleValue.read(value)
+    wanted_by_kind = {
+        kind: None if (wanted := expected.as_kind[kind]) is None else frozenset({wanted})
+        for kind in _SCALAR_KINDS
+    }
+    return _keyed_rule(wanted_by_kind, field, negated)
+
+
+def _in_rule(
+    value: str, field: _FieldAddress, negated: bool
+) -> tuple[RuleCheck, frozenset[Hashable] | None]:
+    items = _parse_in_items(value)
+    wanted_by_kind = {kind: _readings_as(kind, items) for kind in _SCALAR_KINDS}
+    return _keyed_rule(wanted_by_kind, field, negated)
+
+
+def _keyed_rule(
+    wanted_by_kind: Mapping[_Kind, frozenset[Scalar] | None],
+    field: _FieldAddress,
+    negated: bool,
+) -> tuple[RuleCheck, frozenset[Hashable] | None]:
+    """`=`/`IN` as a set of reading keys: the rule holds when the field's key is one of them.
+
+    A kind `rule.value` cannot be read as makes the rule and its negation false."""
+    keys: frozenset[Hashable] = frozenset(
+        (kind, wanted) for kind, readings in wanted_by_kind.items() for wanted in readings or ()
+    )
+    unreadable = frozenset(kind for kind, readings in wanted_by_kind.items() if readings is None)
+    key, read = field.key, field.reader()
+
+    def holds(view: EventView) -> bool:
+        return (view.readings.get(key) or read(view))[4] in keys
+
+    def holds_not(view: EventView) -> bool:
+        reading = view.readings.get(key) or read(view)
+        return reading[2] not in unreadable and reading[4] not in keys
+
+    return (holds_not, None) if negated else (holds, keys)
+
+
+def _null_rule(
+    value: str, field: _FieldAddress, negated: bool
+) -> tuple[RuleCheck, frozenset[Hashable] | None]:
+    key, read = field.key, field.reader()
+
+    def holds(view: EventView) -> bool:
+        return (view.readings.get(key) or read(view))[4] is _NULL_KEY
+
+    def holds_not(view: EventView) -> bool:
+        return (view.readings.get(key) or read(view))[4] is not _NULL_KEY
+
+    return (holds_not, None) if negated else (holds, frozenset({_NULL_KEY}))
+
+
+def _order_rule(order: Callable[[Any, Any], Any]) -> RuleBuilder:
+    def build(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
         expected = _RuleValue.read(value)
-        return lambda field, typname: _order_verdict(field, typname, expected, order)
+        key, read = field.key, field.reader()
+        bounds = {kind: expected.as_kind[kind] for kind in _ORDERED_KINDS}
+        if expected.as_kind[_Kind.NUMBER] is not None:
+            bounds[_Kind.TEXT] = None  # text against a number: "10" would sort before "9"
+
+        def holds(view: EventView) -> bool:
+            _, _, kind, actual, _ = view.readings.get(key) or read(view)
+            bound = bounds.get(kind)
+            return bound is not None and actual is not None and bool(order(actual, bound))
+
+        return holds, None
 
     return build
 
 
-def _contains_test(value: str) -> FieldTest:
+def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
     expected = _RuleValue.read(value)
-    return lambda field, typname: _contains_verdict(field, typname, expected)
+    holds_on = _FAILS if negated else _HOLDS
+    key, read = field.key, field.reader()
+
+    def holds(view: EventView) -> bool:
+        value, typname, _, _, _ = view.readings.get(key) or read(view)
+        return _contains_verdict(value, typname, expected) is holds_on
+
+    return holds, None
 
 
-def _starts_with_test(value: str) -> FieldTest:
-    return lambda field, typname: _text_verdict(field, typname, lambda text: text.startswith(value))
+def _text_rule(test: Callable[[str, str], bool]) -> RuleBuilder:
+    def build(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
+        key, read = field.key, field.reader()
+
+        def holds(view: EventView) -> bool:
+            _, _, kind, text, _ = view.readings.get(key) or read(view)
+            return kind is _Kind.TEXT and isinstance(text, str) and test(text, value)
+
+        return holds, None
+
+    return build
 
 
-def _ends_with_test(value: str) -> FieldTest:
-    return lambda field, typname: _text_verdict(field, typname, lambda text: text.endswith(value))
-
-
-def _matches_test(value: str) -> FieldTest:
+def _matches_rule(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
     try:
-        pattern = re.compile(value)
+        search = re.compile(value).search
     except (re.error, OverflowError, RecursionError) as error:
         raise _Refused(f"the regular expression {value!r} does not compile: {error}") from None
-    found = pattern.search
-    return lambda field, typname: _text_verdict(
-        field, typname, lambda text: found(text) is not None
-    )
+    key, read = field.key, field.reader()
 
+    def holds(view: EventView) -> bool:
+        _, _, kind, text, _ = view.readings.get(key) or read(view)
+        return kind is _Kind.TEXT and isinstance(text, str) and search(text) is not None
 
-def _in_test(value: str) -> FieldTest:
-    items = _parse_in_items(value)
-    wanted_by_kind = {kind: _readings_as(kind, items) for kind in _SCALAR_KINDS}
-    return lambda field, typname: _in_verdict(field, typname, wanted_by_kind)
+    return holds, None
 
 
 def _readings_as(kind: _Kind, items: Iterable[_RuleValue | None]) -> frozenset[Scalar] | None:
@@ -668,16 +750,17 @@ def _readings_as(kind: _Kind, items: Iterable[_RuleValue | None]) -> frozenset[S
     return frozenset(readings)
 
 
-_FIELD_TESTS: Final[Mapping[str, Callable[[str], FieldTest]]] = {
-    "=": _equal_test,
-    **{name: _order_test(order) for name, order in _ORDERS.items()},
-    "CONTAINS": _contains_test,
-    "STARTS_WITH": _starts_with_test,
-    "ENDS_WITH": _ends_with_test,
-    "MATCHES": _matches_test,
-    "IN": _in_test,
+_RULE_BUILDERS: Final[Mapping[str, RuleBuilder]] = {
+    "=": _equal_rule,
+    **{name: _order_rule(order) for name, order in _ORDERS.items()},
+    "CONTAINS": _contains_rule,
+    "STARTS_WITH": _text_rule(str.startswith),
+    "ENDS_WITH": _text_rule(str.endswith),
+    "MATCHES": _matches_rule,
+    "IN": _in_rule,
+    "IS_NULL": _null_rule,
 }
-_KNOWN_OPERATORS: Final = frozenset({*_FIELD_TESTS, *_NEGATED, "IS_NULL", *_CHANGE_OPERATORS})
+_KNOWN_OPERATORS: Final = frozenset({*_RULE_BUILDERS, *_NEGATED, *_CHANGE_OPERATORS})
 
 
 # --------------------------------------------------------------------------- compiling
@@ -741,29 +824,25 @@ def _rule_location(position: int, rule: Rule) -> str:
     return f"rule #{position} (field {rule.field})" if rule.field else f"rule #{position}"
 
 
-def _compile_rule(flow_id: int, position: int, rule: Rule) -> RuleCheck:
+def _compile_rule(flow_id: int, position: int, rule: Rule) -> _RulePlan:
     try:
-        operator_name = _normalise_operator(rule.operator)
-        address = _parse_field(rule.field)
-        if rule.value is None and operator_name not in _VALUE_FREE_OPERATORS:
-            raise _Refused(f"operator {operator_name} needs a value")
-        if operator_name in _CHANGE_OPERATORS:
-            return _changed_check(operator_name, address, rule.value)
-        return _field_check(operator_name, address, rule.value or "")
+        return _rule_plan(rule.field, rule.operator, rule.value)
     except _Refused as refused:
         raise FlowDefinitionError(flow_id, _rule_location(position, rule), refused.reason) from None
 
 
-def _field_check(operator_name: str, address: _FieldAddress, value: str) -> RuleCheck:
+@functools.lru_cache(maxsize=16384)  # flows repeat rules; a plan is immutable and shareable
+def _rule_plan(field: str, operator_text: str, value: str | None) -> _RulePlan:
+    operator_name = _normalise_operator(operator_text)
+    address = _parse_field(field)
+    if value is None and operator_name not in _VALUE_FREE_OPERATORS:
+        raise _Refused(f"operator {operator_name} needs a value")
+    if operator_name in _CHANGE_OPERATORS:
+        check = _changed_check(operator_name, address, value)
+        return _RulePlan(check, address.key, None, None, True)
     positive = _NEGATED.get(operator_name, operator_name)
-    test = _null_verdict if positive == "IS_NULL" else _FIELD_TESTS[positive](value)
-    holds_on = _FAILS if positive != operator_name else _HOLDS
-    resolve = address.resolve
-
-    def check(view: EventView) -> bool:
-        return test(*resolve(view)) is holds_on
-
-    return check
+    check, keys = _RULE_BUILDERS[positive](value or "", address, positive != operator_name)
+    return _RulePlan(check, address.key, address.reader(), keys, False)
 
 
 def _changed_check(operator_name: str, address: _FieldAddress, value: str | None) -> RuleCheck:
@@ -792,6 +871,9 @@ def _changed_check(operator_name: str, address: _FieldAddress, value: str | None
 
 
 def _all_hold(checks: tuple[RuleCheck, ...]) -> FlowPredicate:
+    if len(checks) == 1:
+        return _one_holds(checks[0])
+
     def all_hold(view: EventView) -> tuple[bool, bool]:
         for check in checks:
             verdict = check(view)
@@ -802,7 +884,18 @@ def _all_hold(checks: tuple[RuleCheck, ...]) -> FlowPredicate:
     return all_hold
 
 
+def _one_holds(check: RuleCheck) -> FlowPredicate:
+    def one_holds(view: EventView) -> tuple[bool, bool]:
+        verdict = check(view)
+        return (True, False) if verdict else (False, verdict is None)
+
+    return one_holds
+
+
 def _any_holds(checks: tuple[RuleCheck, ...]) -> FlowPredicate:
+    if len(checks) == 1:
+        return _one_holds(checks[0])
+
     def any_holds(view: EventView) -> tuple[bool, bool]:
         lacking_identity = False
         for check in checks:
@@ -813,3 +906,141 @@ def _any_holds(checks: tuple[RuleCheck, ...]) -> FlowPredicate:
         return not checks, lacking_identity
 
     return any_holds
+
+
+# --------------------------------------------------------------------------- indexing
+
+
+@dataclass(frozen=True, slots=True)
+class _RulePlan:
+    """One compiled rule, and what the index needs to file its flow by it."""
+
+    check: RuleCheck
+    field_key: str  # the address of the field it reads (`_FieldAddress.key`)
+    read: Fetch | None  # reads that field in an event (`_FieldAddress.reader`); None for CHANGED*
+    keys: frozenset[Hashable] | None  # the reading keys on which it holds, if only on those
+    changes: bool  # CHANGED*: reads the old row, and never holds outside UPDATE
+
+
+@dataclass(frozen=True, slots=True)
+class _FlowPlan:
+    match_all: bool
+    rules: tuple[_RulePlan, ...]
+
+    def predicate(self, rules: Iterable[_RulePlan]) -> FlowPredicate:
+        checks = tuple(rule.check for rule in rules)
+        return _all_hold(checks) if self.match_all else _any_holds(checks)
+
+    def filing(self, change_type: str) -> list[tuple[_RulePlan | None, FlowPredicate | None]]:
+        """How to find the flow among those of one change type (see `_Bucket`).
+
+        [(rule, rest)]: file it under `rule`'s keys, then check `rest` (None: it matched);
+        [(None, predicate)]: try it on every event; []: it can never match.
+        """
+        rules = self.rules
+        if change_type != "UPDATE" and any(rule.changes for rule in rules):
+            if self.match_all:
+                return []
+            rules = tuple(rule for rule in rules if not rule.changes)
+            if not rules:
+                return []
+        if self.match_all:
+            # a rule after a CHANGED* one is not a key: the CHANGED* one may need reporting
+            leading = itertools.takewhile(lambda rule: not rule.changes, rules)
+            keyed = [rule for rule in leading if rule.keys is not None]
+            if keyed:
+                key_rule = min(keyed, key=_selectivity)
+                return [(key_rule, self.predicate(r for r in rules if r is not key_rule))]
+        elif not any(rule.changes for rule in rules):
+            # no CHANGED*, so no report to keep in order: each keyed rule that holds is a
+            # match, and only the other rules are tried on every event
+            filed: list[tuple[_RulePlan | None, FlowPredicate | None]]
+            filed = [(rule, None) for rule in rules if rule.keys is not None]
+            others = [rule for rule in rules if rule.keys is None]
+            if filed:
+                return filed + ([(None, self.predicate(others))] if others else [])
+        return [(None, self.predicate(rules))]
+
+
+def _selectivity(rule: _RulePlan) -> tuple[bool, int]:
+    """Smaller for the rule that lets fewer events through: not a null test, fewest keys."""
+    keys = rule.keys or frozenset()
+    return _NULL_KEY in keys, len(keys)
+
+
+_Entry = tuple[Flow, FlowPredicate | None]
+
+
+class _Bucket:
+    """The flows of one (schema, table, change type), filed so that an event tries few.
+
+    A flow whose rules must all hold, one of them an `=`, `IN` or `IS_NULL` ahead of any
+    CHANGED*, is filed under the reading keys on which that rule holds: an event tries it
+    only when the field's reading has one of those keys, then checks the other rules.
+    A flow any of whose rules may hold, each of them such a rule, is filed under each and
+    matches on a hit. Every other flow is tried on every event. Outside UPDATE, CHANGED*
+    never holds: flows that need one are left out, and those that may use one drop it.
+    """
+
+    __slots__ = ("_indexes", "_scanned")
+
+    def __init__(self, change_type: str, flows: Iterable[CompiledFlow]) -> None:
+        scanned: list[tuple[Flow, FlowPredicate]] = []
+        fetchers: dict[str, Fetch] = {}
+        filed: dict[str, dict[Hashable, list[_Entry]]] = {}
+        for compiled in flows:
+            plan = compiled.plan
+            filing = [(None, compiled.predicate)] if plan is None else plan.filing(change_type)
+            for rule, rest in filing:
+                if rule is None:
+                    assert rest is not None
+                    scanned.append((compiled.flow, rest))
+                    continue
+                assert rule.keys is not None
+                assert rule.read is not None
+                by_key = filed.setdefault(rule.field_key, {})
+                for key in rule.keys:
+                    by_key.setdefault(key, []).append((compiled.flow, rest))
+                fetchers.setdefault(rule.field_key, rule.read)
+        self._scanned = tuple(scanned)
+        self._indexes = tuple(
+            (field_key, fetchers[field_key], {k: tuple(entries) for k, entries in by_key.items()})
+            for field_key, by_key in filed.items()
+        )
+
+    def classify(self, view: EventView) -> Classification:
+        matched: list[Flow] = []
+        lacking_identity: list[Flow] = []
+        for flow, predicate in self._scanned:
+            is_match, needs_full_identity = predicate(view)
+            if is_match:
+                matched.append(flow)
+            if needs_full_identity:
+                lacking_identity.append(flow)
+        found = False
+        readings = view.readings
+        for key, read, entries_by_key in self._indexes:
+            entries = entries_by_key.get((readings.get(key) or read(view))[4])
+            if entries is None:
+                continue
+            found = True
+            for flow, rest in entries:
+                if rest is None:
+                    matched.append(flow)
+                    continue
+                is_match, needs_full_identity = rest(view)
+                if is_match:
+                    matched.append(flow)
+                if needs_full_identity:
+                    lacking_identity.append(flow)
+        if not matched and not lacking_identity:
+            return _NOTHING_MATCHED
+        if found:
+            return Classification(_ascending(matched), _ascending(lacking_identity))
+        return Classification(tuple(matched), tuple(lacking_identity))
+
+
+def _ascending(flows: Iterable[Flow]) -> tuple[Flow, ...]:
+    """Once each, ascending id."""
+    by_id = {flow.flow_id: flow for flow in flows}
+    return tuple(by_id[flow_id] for flow_id in sorted(by_id))

@@ -81,8 +81,9 @@ class ChangeEvent(BaseModel):
     def old(self) -> dict[str, Any]:
         return self.old_record or {}
 
-    @property
+    @cached_property
     def column_types(self) -> dict[str, str]:
+        """Each column's Postgres type name, by column name (worked out once per event)."""
         return {column.name: column.type for column in self.columns}
 
     @cached_property
