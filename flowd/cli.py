@@ -1,7 +1,9 @@
 """The command line: parse flags, run a command, map its errors to exit codes.
 
 Exit 0: all went well. Exit 1: something ran and failed. Exit 2: flowd could not
-start; one line on stderr says what to fix (the traceback only with -v).
+start; one line on stderr says what to fix (the traceback only with -v). Exit 75:
+`flowd run` could not reach the database at start, an outage worth restarting for
+(systemd's `RestartPreventExitStatus=2` keeps a bad configuration from looping).
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ from flowd import replay
 from flowd.app import configure_logging, load_secrets, open_app
 from flowd.config import Settings, env_names, load_settings
 from flowd.daemon import run_daemon
-from flowd.errors import ConfigurationError
+from flowd.errors import ConfigurationError, DatabaseUnreachable
 from flowd.logs import get_logger
 from flowd.migrate import migrate
 from flowd.secrets import Secrets
 from flowd.validate import validate
 
 COMMANDS = ("run", "migrate", "validate")
+EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL
 log = get_logger()
+
+
+class _RetryLater(ConfigurationError):
+    exit_code = EXIT_TEMPFAIL
 
 
 class _Parser(argparse.ArgumentParser):
@@ -124,8 +131,11 @@ async def _daemon(args: argparse.Namespace, settings: Settings, secrets: Secrets
     settings.require_supabase()
     if settings.delivery == "durable":
         raise ConfigurationError("FLOWD_DELIVERY=durable is not available yet; use realtime")
-    async with open_app(settings, secrets, database=True) as app:
-        return await run_daemon(app, args.save_events)
+    try:
+        async with open_app(settings, secrets, database=True) as app:
+            return await run_daemon(app, args.save_events)
+    except DatabaseUnreachable as exc:
+        raise _RetryLater(str(exc)) from None
 
 
 async def _migrate(settings: Settings, secrets: Secrets) -> int:
@@ -173,7 +183,7 @@ def run_cli(argv: Sequence[str]) -> int:
         if verbose:
             traceback.print_exc()
         print(f"flowd: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

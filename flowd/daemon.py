@@ -16,6 +16,7 @@ from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from flowd import metrics
 from flowd.app import App
 from flowd.chain import OwnWrites
 from flowd.config import Settings
@@ -23,10 +24,12 @@ from flowd.db import CONNECTION_LOST
 from flowd.engine import Engine
 from flowd.errors import EventError
 from flowd.flows import FlowSet
+from flowd.health import Health
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent
 from flowd.pipeline import Pipeline
 from flowd.realtime import Binding, RealtimeSource, Timing
+from flowd.service import Supervision
 from flowd.signals import handle_signals
 from flowd.source import parse_event
 
@@ -70,6 +73,7 @@ class Daemon:
         )
         self._source.set_bindings(self._bindings(flow_set))
         with handle_signals(self._stopping.set, self._request_reload), self._open_save_file():
+            supervision = await Supervision(self._health()).start(settings, self._stopping)
             realtime = asyncio.create_task(self._source.run(self._stopping), name="realtime")
             dispatcher = asyncio.create_task(self._pipeline.run(), name="pipeline")
             reloader = asyncio.create_task(self._reload_loop(), name="reloader")
@@ -81,7 +85,19 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(realtime, dispatcher, reloader, return_exceptions=True)
             await self._record_unfinished()
+            await supervision.stop()
         return code
+
+    def _health(self) -> Health:
+        """Readiness: the database answers, every binding is live (flowd's own tables are
+        optional, README step 2); metrics read the queue and the connection."""
+        health = Health(redact=self._app.secrets.redact)
+        health.add_probe("database", lambda: self._app.database.fetchval("SELECT 1"))
+        optional = {(schema, table) for schema, table in self._control}
+        health.add_check("realtime", lambda: self._source.not_live(optional))
+        metrics.QUEUE_DEPTH.set_function(lambda: self._pipeline.held)
+        metrics.REALTIME_CONNECTED.set_function(lambda: self._source.live.is_set())
+        return health
 
     async def _until_stopped(self, *tasks: asyncio.Task[None]) -> int:
         """Wait for a stop signal; a side task that ends by itself also stops the daemon."""
@@ -129,6 +145,7 @@ class Daemon:
         except EventError as exc:
             log.error("event.unreadable", error=str(exc))
             return
+        metrics.event_received(event.commit_timestamp)
         if self._saved is not None:
             self._saved.write(json.dumps(event.to_wire(), default=str) + "\n")
         self._pipeline.put(event)
