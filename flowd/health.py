@@ -50,7 +50,7 @@ class Health:
         self._probe_results: dict[str, str | None] = {}
         self._listeners: list[Callable[[list[str]], None]] = []
         self._beat = time.monotonic()
-        self._reasons: list[str] = ["starting"]
+        self._failed: list[str] = ["starting"]
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self._server: WSGIServer | None = None
@@ -72,8 +72,26 @@ class Health:
         self._listeners.append(listener)
 
     def reasons(self) -> list[str]:
-        """Why flowd is not ready now (evaluated on the event loop)."""
-        reasons = ["draining: flowd is stopping"] if self.draining else []
+        """Why flowd is not ready now (checks evaluated on the event loop)."""
+        return self._draining() + self._failing_checks()
+
+    def readiness(self) -> list[str]:
+        """The same, from the last heartbeat's checks (safe from any thread)."""
+        stuck = self.stuck_for()
+        if stuck is not None:
+            return [f"event loop stuck for {stuck:.0f} s"]
+        return self._draining() + self._failed
+
+    def stuck_for(self) -> float | None:
+        """Seconds since the event loop's last heartbeat, if that is too long."""
+        silent = time.monotonic() - self._beat
+        return silent if silent > self._stuck_after_s else None
+
+    def _draining(self) -> list[str]:
+        return ["draining: flowd is stopping"] if self.draining else []
+
+    def _failing_checks(self) -> list[str]:
+        reasons = []
         for name, check in self._checks.items():
             try:
                 reason = check()
@@ -83,25 +101,16 @@ class Health:
                 reasons.append(f"{name}: {reason}")
         return reasons
 
-    def stuck_for(self) -> float | None:
-        """Seconds since the event loop's last heartbeat, if that is too long."""
-        silent = time.monotonic() - self._beat
-        return silent if silent > self._stuck_after_s else None
-
-    def readiness(self) -> list[str]:
-        """The last evaluated reasons, or that the loop is stuck (safe from any thread)."""
-        stuck = self.stuck_for()
-        return [f"event loop stuck for {stuck:.0f} s"] if stuck is not None else self._reasons
-
     async def _heartbeat(self) -> None:
         previous: list[str] | None = None
         while True:
             self._beat = time.monotonic()
-            self._reasons = self.reasons()
-            if self._reasons != previous:
-                previous = self._reasons
+            self._failed = self._failing_checks()
+            reasons = self._draining() + self._failed
+            if reasons != previous:
+                previous = reasons
                 for listener in self._listeners:
-                    listener(self._reasons)
+                    listener(reasons)
             await asyncio.sleep(_BEAT_S)
 
     async def _run_probe(
