@@ -5,6 +5,8 @@ credentials and secrets, against a real `flowd run`, real Postgres and the Realt
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -272,3 +274,43 @@ async def test_secrets_from_the_credentials_directory_and_sentinels_never_leak(
     for secret in secrets:
         assert secret not in output
         assert secret not in stored
+
+
+def _pid_1_of(unshare_pid: int) -> int:
+    """The host pid of unshare's only child, checked to be PID 1 in its namespace."""
+    children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
+    assert len(children) == 1, children
+    status = Path(f"/proc/{children[0]}/status").read_text()
+    [namespaced] = [line for line in status.splitlines() if line.startswith("NSpid:")]
+    assert namespaced.split()[-1] == "1", namespaced
+    return int(children[0])
+
+
+async def test_as_pid_1_of_a_new_pid_namespace_sigterm_drains_and_exits_0(
+    db: asyncpg.Connection, database_url: str, realtime: RealtimeStandIn, http_target: HttpTarget
+) -> None:
+    """The container's case without a container engine: flowd as PID 1 (where the kernel
+    ignores signals without a handler) drains on SIGTERM, records what was cut short, and
+    exits 0 within the drain timeout."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare(1) and root for a new PID namespace")
+    http_target.script("/slow", Reply(200, delay_s=30))
+    await add_flow(db, actions=[hook(http_target, "/slow", timeout_s=60)])
+    flowd = await RunningFlowd(
+        env={
+            "DATABASE_URL": database_url,
+            "SUPABASE_URL": realtime.url,
+            "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY,
+            "FLOWD_SHUTDOWN_TIMEOUT_S": "2",
+        },
+        prefix=["unshare", "--pid", "--fork", "--mount-proc"],
+    ).start()
+    await flowd.wait_for_log("realtime.live")
+    pid_1 = _pid_1_of(flowd.pid)
+    await insert_task(db, 1)
+    await http_target.wait_for_requests("/slow", 1)
+    os.kill(pid_1, signal.SIGTERM)
+    assert await flowd.wait(timeout_s=20) == 0, flowd.tail()
+    [finished] = flowd.logged("shutdown.finished")
+    assert len(finished["cut_short_executions"]) == 1
+    assert [row["status"] for row in await executions(db)] == ["FAILURE"]

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +86,8 @@ async def run_flowd(
 class RunningFlowd:
     """`flowd run` in the background: its JSON log lines as they come, signals, exit code."""
 
-    def __init__(self, *args: str, env: Mapping[str, str]) -> None:
+    def __init__(self, *args: str, env: Mapping[str, str], prefix: Sequence[str] = ()) -> None:
+        self._prefix = tuple(prefix)  # a command that runs flowd, such as `unshare ...`
         self._args = ("run", *args)
         self._env = flowd_env(env)
         self.logs: list[dict[str, Any]] = []
@@ -99,6 +100,7 @@ class RunningFlowd:
 
     async def start(self) -> RunningFlowd:
         self._process = await asyncio.create_subprocess_exec(
+            *self._prefix,
             sys.executable,
             "-m",
             "flowd",
