@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -18,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_daemon import SERVICE_KEY, hook, insert_task, start_flowd
-from tests.support.flowd_cli import RunningFlowd, run_flowd
+from tests.support.flowd_cli import RunningFlowd, flowd_env, run_flowd
 from tests.support.flows import add_flow, executions
 from tests.support.http_target import HttpTarget, Reply
 from tests.support.realtime_server import RealtimeStandIn
@@ -69,8 +70,13 @@ async def test_readyz_follows_realtime_and_metrics_count_what_happened(
     await insert_task(db, 1)
     await flowd.wait_for_log("flow.executed", status="SUCCESS")
 
+    [listening] = flowd.logged("http.listening")
+    assert await _healthcheck(listening["address"], "/livez") == 0
+    assert await _healthcheck(listening["address"], "/readyz") == 0
+
     await realtime.stop()
     body = await wait_for_status(flowd, "/readyz", 503)
+    assert await _healthcheck(listening["address"], "/readyz") == 1
     assert body["ready"] is False
     assert any(str(r).startswith("realtime: ") for r in body["reasons"]), body  # type: ignore[attr-defined]
     assert (await flowd.get("/livez")).status_code == 200
@@ -95,6 +101,21 @@ async def test_readyz_follows_realtime_and_metrics_count_what_happened(
     assert row["event_key"] not in labels
     assert not any("http" in value or "/" in value for value in labels), labels
     assert await flowd.stop() == 0
+    assert await _healthcheck(listening["address"], "/livez") == 1  # nobody listens now
+
+
+async def _healthcheck(address: str, path: str) -> int:
+    """The container's HEALTHCHECK command against `address`: its exit code."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "flowd.health",
+        path,
+        env=flowd_env({"FLOWD_HTTP_ADDR": address}),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return await asyncio.wait_for(process.wait(), 30)
 
 
 async def test_readyz_fails_while_the_database_is_unreachable(
