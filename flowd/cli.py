@@ -1,7 +1,9 @@
 """The command line: parse flags, run a command, map its errors to exit codes.
 
 Exit 0: all went well. Exit 1: something ran and failed. Exit 2: flowd could not
-start; one line on stderr says what to fix (the traceback only with -v).
+start; one line on stderr says what to fix (the traceback only with -v). Exit 75:
+`flowd run` could not reach the database at start, an outage worth restarting for
+(systemd's `RestartPreventExitStatus=2` keeps a bad configuration from looping).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from flowd.config import Settings, env_names, load_settings
 from flowd.daemon import RealtimeDaemon
 from flowd.demo import run_demo
 from flowd.durable import DurableDaemon, drain
-from flowd.errors import ConfigurationError
+from flowd.errors import ConfigurationError, DatabaseUnreachable
 from flowd.eventlog import CaptureTriggers
 from flowd.logs import get_logger
 from flowd.migrate import migrate
@@ -29,7 +31,12 @@ from flowd.secrets import Secrets
 from flowd.validate import validate
 
 COMMANDS = ("run", "migrate", "validate", "demo")
+EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL
 log = get_logger()
+
+
+class _RetryLater(ConfigurationError):
+    exit_code = EXIT_TEMPFAIL
 
 
 class _Parser(argparse.ArgumentParser):
@@ -139,11 +146,15 @@ async def _once(args: argparse.Namespace, settings: Settings, secrets: Secrets) 
 async def _daemon(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
     save_events = Path(args.save_events) if args.save_events else None
     if settings.delivery == "durable":
+        daemon: type[RealtimeDaemon | DurableDaemon] = DurableDaemon
+    else:
+        settings.require_supabase()
+        daemon = RealtimeDaemon
+    try:
         async with open_app(settings, secrets, database=True) as app:
-            return await DurableDaemon(app, save_events=save_events).run()
-    settings.require_supabase()
-    async with open_app(settings, secrets, database=True) as app:
-        return await RealtimeDaemon(app, save_events=save_events).run()
+            return await daemon(app, save_events=save_events).run()
+    except DatabaseUnreachable as exc:
+        raise _RetryLater(str(exc)) from None
 
 
 async def _migrate(settings: Settings, secrets: Secrets) -> int:
@@ -198,7 +209,7 @@ def run_cli(argv: Sequence[str]) -> int:
         if verbose:
             traceback.print_exc()
         print(f"flowd: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -17,6 +17,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 # Prefixes that belong to flowd but are not settings: template secrets, and the test suite's own.
 _FREE_PREFIXES = ("FLOWD_SECRET_", "FLOWD_TEST_")
 SUPABASE_TRANSACTION_POOLER_PORT = 6543
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[0-9A-Za-z.-]*):\d{1,5}")
 
 
 def _env(name: str, default: Any, description: str, **constraints: Any) -> Any:
@@ -107,6 +108,27 @@ class Settings(BaseSettings):
         "FLOWD_LOG_LEVEL", "info", "debug, info, warning or error"
     )
 
+    # Operations: the health/metrics endpoint (flowd.health).
+    http_addr: str = _env(
+        "FLOWD_HTTP_ADDR",
+        "127.0.0.1:9464",
+        "host:port of /livez, /readyz and /metrics; off to disable",
+    )
+
+    @field_validator("http_addr")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value != "off" and not _HOST_PORT.fullmatch(value):
+            raise ValueError("must be host:port (127.0.0.1:9464, [::]:9464) or off")
+        return value
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        if self.http_addr == "off":
+            return None
+        host, _, port = self.http_addr.rpartition(":")
+        return host.strip("[]"), int(port)
+
     @field_validator("schema_name")
     @classmethod
     def _plain_identifier(cls, value: str) -> str:
@@ -191,7 +213,12 @@ def load_settings() -> Settings:
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigurationError(f"unknown setting {key}{hint}")
     try:
-        return Settings()
+        # systemd's LoadCredential=: a file per secret setting (DATABASE_URL, ...);
+        # the environment wins over a file.
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        return Settings(
+            _secrets_dir=credentials if credentials and os.path.isdir(credentials) else None
+        )
     except ValidationError as exc:
         where, problem = first_problem(exc, "settings")
         raise ConfigurationError(f"{where}: {problem}") from None

@@ -19,6 +19,7 @@ from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
 
+from flowd import metrics
 from flowd.app import App
 from flowd.chain import Cause, OwnWrites
 from flowd.config import Settings
@@ -26,10 +27,12 @@ from flowd.db import CONNECTION_LOST
 from flowd.engine import Engine
 from flowd.errors import EventError
 from flowd.flows import FlowSet
+from flowd.health import Health
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent
 from flowd.pipeline import Pipeline
 from flowd.realtime import Binding, RealtimeSource, Timing
+from flowd.service import Supervision
 from flowd.signals import handle_signals
 from flowd.source import parse_event
 
@@ -108,6 +111,7 @@ class Daemon(abc.ABC, Generic[Item]):
         with handle_signals(self.stop, self._request_reload), self._open_save_file():
             await self._start(flow_set)
             self.started.set()
+            supervision = await Supervision(self._health()).start(settings, self._stopping)
             feed = asyncio.create_task(self._feed(), name=self.feed_name)
             dispatcher = asyncio.create_task(self._pipeline.run(), name="pipeline")
             reloader = asyncio.create_task(self._reload_loop(), name="reloader")
@@ -120,7 +124,19 @@ class Daemon(abc.ABC, Generic[Item]):
                 task.cancel()
             await asyncio.gather(feed, dispatcher, reloader, *side, return_exceptions=True)
             await self._finish(await self._pipeline.stop())
+            await supervision.stop()
         return code
+
+    def _health(self) -> Health:
+        """Readiness: the database answers, and the feed's own checks (`_watch_health`)."""
+        health = Health(redact=self._app.secrets.redact)
+        health.add_probe("database", lambda: self._app.database.fetchval("SELECT 1"))
+        metrics.QUEUE_DEPTH.set_function(lambda: self._pipeline.held)
+        self._watch_health(health)
+        return health
+
+    def _watch_health(self, health: Health) -> None:
+        """Add the feed's readiness checks and gauges."""
 
     async def _until_stopped(self, *tasks: asyncio.Task[None]) -> int:
         """Wait for a stop signal; a side task that ends by itself also stops the daemon."""
@@ -255,6 +271,7 @@ class RealtimeDaemon(Daemon[ChangeEvent]):
         except EventError as exc:
             log.error("event.unreadable", error=str(exc))
             return
+        metrics.event_received(event.commit_timestamp)
         self._save(event)
         self._pipeline.put(event)
 
@@ -269,6 +286,12 @@ class RealtimeDaemon(Daemon[ChangeEvent]):
             return (item.schema_name, item.table)
         values = tuple(json.dumps(row[column], sort_keys=True) for column in table.primary_key)
         return (item.schema_name, item.table, values)
+
+    def _watch_health(self, health: Health) -> None:
+        """Every binding is live (flowd's own tables are optional, README step 2)."""
+        optional = {(schema, table) for schema, table in self._control}
+        health.add_check("realtime", lambda: self._source.not_live(optional))
+        metrics.REALTIME_CONNECTED.set_function(lambda: self._source.live.is_set())
 
     def _bindings(self, flow_set: FlowSet) -> set[Binding]:
         control = {(schema, table, "*") for schema, table in self._control}

@@ -11,7 +11,7 @@ import socket
 import asyncpg
 
 from flowd.config import Settings
-from flowd.errors import ConfigurationError, DatabaseUnavailable
+from flowd.errors import ConfigurationError, DatabaseUnavailable, DatabaseUnreachable
 
 CONNECT_TIMEOUT_S = 10.0
 # The database went away mid-work (network, restart, failover): worth trying again.
@@ -47,13 +47,13 @@ async def create_pool(settings: Settings, *, max_size: int | None = None) -> asy
     except asyncpg.InvalidCatalogNameError as exc:
         raise DatabaseUnavailable(f"{exc}; check the database name in DATABASE_URL") from None
     except (OSError, TimeoutError, socket.gaierror) as exc:
-        raise DatabaseUnavailable(
+        raise DatabaseUnreachable(
             f"cannot reach the database ({type(exc).__name__}: {exc}); "
             "check the host and port in DATABASE_URL and that the server is up"
         ) from None
     except (ValueError, asyncpg.ClientConfigurationError) as exc:
         raise ConfigurationError(f"DATABASE_URL is not a valid connection string: {exc}") from None
     except asyncpg.PostgresError as exc:
-        raise DatabaseUnavailable(f"the database refused the connection: {exc}") from None
+        raise DatabaseUnreachable(f"the database refused the connection: {exc}") from None
     assert pool is not None
     return pool

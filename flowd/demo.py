@@ -282,6 +282,7 @@ async def _run_changes(
             "SUPABASE_SERVICE_ROLE_KEY": "demo-service-role-key",
             "FLOWD_DELIVERY": "durable",
             "FLOWD_POLL_INTERVAL_S": 0.2,
+            "FLOWD_HTTP_ADDR": "off",  # a demo next to a running flowd must not take its port
         }
     )
     flows = {row["flow_id"]: row["name"] for row in await connection.fetch("SELECT * FROM flows")}

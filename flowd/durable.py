@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from flowd import metrics
 from flowd.app import App
 from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT
 from flowd.daemon import Daemon
@@ -33,6 +34,7 @@ from flowd.engine import Engine
 from flowd.errors import ExecutionTakenOver
 from flowd.eventlog import CaptureTriggers, ColumnsOf, EventLog, LoggedEvent
 from flowd.flows import FlowSet
+from flowd.health import Health
 from flowd.logs import get_logger
 from flowd.models import Column
 from flowd.replay import Summary
@@ -88,13 +90,20 @@ class DurableDaemon(Daemon[LoggedEvent]):
         )
 
     async def _start(self, flow_set: FlowSet) -> None:
-        self._columns_of = columns_of(flow_set)
-        await self._triggers.sync(flow_set.tables.values())
+        await self._flows_changed(flow_set)
         await self._report_backlog()
+
+    def _watch_health(self, health: Health) -> None:
+        """Every watched table carries the capture trigger."""
+        health.add_check("capture", self._uncaptured)
+
+    def _uncaptured(self) -> str | None:
+        failed = self._trigger_sync.failed
+        return f"no capture trigger on {', '.join(failed)}" if failed else None
 
     async def _flows_changed(self, flow_set: FlowSet) -> None:
         self._columns_of = columns_of(flow_set)
-        await self._triggers.sync(flow_set.tables.values())
+        self._trigger_sync = await self._triggers.sync(flow_set.tables.values())
 
     def _side_tasks(self) -> list[asyncio.Task[None]]:
         return [
@@ -122,6 +131,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
                 continue
             pause = 1.0
             for logged in events:
+                metrics.event_received(logged.event.commit_timestamp)
                 self._held.add(logged.event_id)
                 self._save(logged.event)
                 self._pipeline.put(logged)

@@ -3,6 +3,7 @@
     FlowdError
     ├── ConfigurationError        flowd cannot start (exit 2)
     │   └── DatabaseUnavailable   DATABASE_URL set but the server cannot be reached
+    │       └── DatabaseUnreachable   no answer (network, down): `flowd run` exits 75
     ├── EventError                an input line is not a change event
     ├── FlowDefinitionError       a flow cannot work and is refused
     ├── ExecutionTakenOver        another process carried on a durable execution
@@ -36,9 +37,15 @@ def first_problem(exc: pydantic.ValidationError, where: str) -> tuple[str, str]:
 class ConfigurationError(FlowdError):
     """flowd is not configured correctly."""
 
+    exit_code = 2
+
 
 class DatabaseUnavailable(ConfigurationError):
     """The database cannot be reached; check DATABASE_URL and that the server is up."""
+
+
+class DatabaseUnreachable(DatabaseUnavailable):
+    """The database did not answer: an outage that may pass, unlike a refused login."""
 
 
 class EventError(FlowdError):

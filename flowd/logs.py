@@ -1,12 +1,15 @@
 """Structured logs: one JSON object per line on stdout (console rendering on a terminal).
 
 Every line passes through the redactor, so a secret's value never reaches an operator's
-log, whatever field or exception text carries it.
+log, whatever field or exception text carries it; the rendered line is redacted once more,
+last. Tracebacks are plain text, without local variables. Log events also feed the
+metrics (`flowd.metrics.observe`), whatever the log level.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -14,8 +17,16 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from flowd import metrics
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
+_METHOD_LEVELS = {**_LEVELS, "warn": logging.WARNING, "exception": logging.ERROR}
+_METHOD_LEVELS["critical"] = logging.CRITICAL
+# A URL's apikey parameter (websockets and the realtime client put the key there).
+_APIKEY = re.compile(r"(apikey=)[^&\s\"']+")
+# Libraries that log whole URLs or keys below WARNING.
+_NOISY = ("httpx", "httpcore", "websockets", "asyncpg", "realtime", "hpack")
 
 
 def _redacting(redact: Callable[[str], str]) -> Processor:
@@ -34,6 +45,26 @@ def _redacting(redact: Callable[[str], str]) -> Processor:
     return processor
 
 
+def _redacting_line(redact: Callable[[str], str]) -> Callable[[WrappedLogger, str, str], str]:
+    """After rendering: whatever escaping or formatting did, the line itself is scrubbed."""
+
+    def processor(_: WrappedLogger, __: str, line: str) -> str:
+        return _APIKEY.sub(r"\1***", redact(line))
+
+    return processor
+
+
+def _at_least(level: int) -> Processor:
+    """Drop what is below the configured level, after the metrics have seen it."""
+
+    def processor(_: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        if _METHOD_LEVELS.get(method, logging.INFO) < level:
+            raise structlog.DropEvent
+        return event_dict
+
+    return processor
+
+
 def configure(
     *,
     level: str = "info",
@@ -46,7 +77,9 @@ def configure(
     if log_format is None:
         log_format = "console" if stream.isatty() else "json"
     renderer: Processor = (
-        structlog.dev.ConsoleRenderer(colors=False)
+        structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
         if log_format == "console"
         else structlog.processors.JSONRenderer(default=str)
     )
@@ -54,12 +87,16 @@ def configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            metrics.observe,
+            _at_least(_LEVELS[level]),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
+            structlog.processors.format_exc_info,  # plain traceback, no local variables
             _redacting(redact),
             renderer,
+            _redacting_line(redact),  # type: ignore[list-item]
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        # Info events reach the processors at any level: they feed the metrics.
+        wrapper_class=structlog.make_filtering_bound_logger(min(_LEVELS[level], logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
@@ -82,6 +119,8 @@ def _route_library_logs() -> None:
     # The realtime client logs every reconnect attempt as an ERROR; flowd's supervisor
     # reports those states itself (realtime.*), so only the library's warnings pass.
     root.setLevel(logging.WARNING)
+    for name in _NOISY:  # explicit, in case someone lowers the root level
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("realtime").setLevel(logging.CRITICAL)
 
 

@@ -27,7 +27,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,6 +256,18 @@ class RealtimeSource:
     def client(self) -> AsyncRealtimeClient | None:
         """The live session's client, if any (for inspection)."""
         return self._current.client if self._current is not None and self.live.is_set() else None
+
+    def not_live(self, optional: Collection[tuple[str, str]] = ()) -> str | None:
+        """For readiness: how many wanted bindings are not live (tables in `optional` aside)."""
+        wanted = {b for b in self._bindings if (b[0], b[1]) not in optional}
+        if not wanted:
+            return None
+        down = wanted if not self.live.is_set() else wanted & self._rejected
+        if not down:
+            return None
+        rejected = sorted({f"{s}.{t}" for s, t, _ in down & self._rejected})
+        refused = f" (refused by the server: {', '.join(rejected)})" if rejected else ""
+        return f"{len(down)} of {len(wanted)} bindings not live{refused}"
 
     def set_bindings(self, bindings: set[Binding]) -> None:
         """Subscribe to exactly these bindings from now on (rebuilds when they differ)."""

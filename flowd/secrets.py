@@ -1,7 +1,10 @@
 """Secrets for templates, and the redaction that keeps their values out of logs and the database.
 
-A secret NAME is the environment variable `FLOWD_SECRET_NAME`, or the file `NAME` in
-`$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`); the environment wins.
+A secret NAME is the environment variable `FLOWD_SECRET_NAME`, or the file `NAME` or
+`FLOWD_SECRET_NAME` in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`); the
+environment wins. The credential files that are settings (`DATABASE_URL`,
+`SUPABASE_SERVICE_ROLE_KEY`, read by `flowd.config`) are redacted but are not template
+secrets.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ ENV_PREFIX = "FLOWD_SECRET_"
 MASK = "***"
 # Shorter values are too likely to occur in ordinary text to be masked usefully.
 _MIN_REDACTED_LENGTH = 4
+SETTING_CREDENTIALS = ("DATABASE_URL", "SUPABASE_SERVICE_ROLE_KEY")
 
 
 class Secrets:
@@ -30,11 +34,17 @@ class Secrets:
     @classmethod
     def from_environment(cls, extra: Iterable[str] = ()) -> Secrets:
         named: dict[str, str] = {}
+        extra = list(extra)
         credentials = os.environ.get("CREDENTIALS_DIRECTORY")
         if credentials and Path(credentials).is_dir():
             for path in sorted(Path(credentials).iterdir()):
-                if path.is_file():
-                    named[path.name] = path.read_text().rstrip("\n")
+                if not path.is_file():
+                    continue
+                value = path.read_text().rstrip("\n")
+                if path.name in SETTING_CREDENTIALS:
+                    extra.append(value)
+                else:
+                    named[path.name.removeprefix(ENV_PREFIX)] = value
         for key, value in os.environ.items():
             if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
                 named[key.removeprefix(ENV_PREFIX)] = value

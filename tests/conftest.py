@@ -20,6 +20,7 @@ import pytest
 
 from flowd.local_postgres import TemporaryCluster
 from flowd.migrate import migrate
+from tests.support import sentinels
 from tests.support.http_target import HttpTarget
 
 TEMPLATE = "flowd_test_template"
@@ -98,8 +99,20 @@ async def databases(server_url: str) -> Databases:
 async def database_url(databases: Databases) -> AsyncIterator[str]:
     """A fresh database with flowd's tables and the example `tasks` table, for one test."""
     name = await databases.clone()
+    sentinels.SEEN.clear()
     yield databases.url(name)
+    # No secret of any flowd this test started may be stored in flow_executions.
+    connection = await asyncpg.connect(databases.url(name))
+    try:
+        stored = await connection.fetchval(
+            "SELECT coalesce(string_agg(to_jsonb(e)::text, ' '), '') FROM flow_executions e"
+        )
+    except asyncpg.UndefinedTableError:  # a test that dropped or renamed flowd's tables
+        stored = ""
+    finally:
+        await connection.close()
     await databases.drop(name)
+    sentinels.assert_absent([stored], sentinels.SEEN, "flow_executions")
 
 
 @pytest.fixture

@@ -8,15 +8,20 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import httpx
+
+from tests.support import sentinels
 
 # Fast retries, short timeouts: the tests assert behaviour, not the default pacing.
 TEST_ENV = {
     "FLOWD_LOG_FORMAT": "json",
     "FLOWD_RETRY_BACKOFF_S": "0.01",
     "FLOWD_ACTION_TIMEOUT_S": "2",
+    "FLOWD_HTTP_ADDR": "127.0.0.1:0",  # a free port each: tests run several flowd at once
 }
 
 
@@ -49,7 +54,7 @@ def flowd_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         for key, value in os.environ.items()
         if not key.startswith(("FLOWD_", "DATABASE_URL", "SUPABASE_", "CREDENTIALS_DIRECTORY"))
     }
-    return base | TEST_ENV | dict(extra or {})
+    return base | TEST_ENV | sentinels.arm(extra or {})
 
 
 async def run_flowd(
@@ -72,23 +77,30 @@ async def run_flowd(
         process.communicate(stdin.encode() if stdin is not None else None), timeout_s
     )
     assert process.returncode is not None
-    return Finished(process.returncode, stdout.decode(), stderr.decode())
+    finished = Finished(process.returncode, stdout.decode(), stderr.decode())
+    secrets = sentinels.secret_values(flowd_env(env))
+    sentinels.assert_absent([finished.stdout, finished.stderr], secrets, "flowd's output")
+    return finished
 
 
 class RunningFlowd:
     """`flowd run` in the background: its JSON log lines as they come, signals, exit code."""
 
-    def __init__(self, *args: str, env: Mapping[str, str]) -> None:
+    def __init__(self, *args: str, env: Mapping[str, str], prefix: Sequence[str] = ()) -> None:
+        self._prefix = tuple(prefix)  # a command that runs flowd, such as `unshare ...`
         self._args = ("run", *args)
         self._env = flowd_env(env)
         self.logs: list[dict[str, Any]] = []
         self.other_output: list[str] = []
+        self.raw_output: list[str] = []
+        self.http_bodies: list[str] = []
         self._process: asyncio.subprocess.Process | None = None
         self._readers: list[asyncio.Task[None]] = []
         self._new_line = asyncio.Event()
 
     async def start(self) -> RunningFlowd:
         self._process = await asyncio.create_subprocess_exec(
+            *self._prefix,
             sys.executable,
             "-m",
             "flowd",
@@ -109,6 +121,7 @@ class RunningFlowd:
     async def _read(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():
             text = line.decode().rstrip("\n")
+            self.raw_output.append(text)
             try:
                 record = json.loads(text)
             except ValueError:
@@ -163,7 +176,20 @@ class RunningFlowd:
         assert self._process is not None
         code = await asyncio.wait_for(self._process.wait(), timeout_s)
         await asyncio.gather(*self._readers)
+        sentinels.assert_absent(
+            self.raw_output + self.http_bodies,
+            sentinels.secret_values(self._env),
+            "flowd's output or its HTTP answers",
+        )
         return code
+
+    async def get(self, path: str, timeout_s: float = 10) -> httpx.Response:
+        """GET `path` from the health endpoint (address from the `http.listening` log)."""
+        [listening] = await self.wait_for_log("http.listening")
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://{listening['address']}{path}", timeout=timeout_s)
+        self.http_bodies.append(response.text)
+        return response
 
     async def stop(self, timeout_s: float = 60) -> int:
         """SIGTERM, then wait for the exit code (kill after the timeout)."""
