@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
 
 import asyncpg
 
@@ -37,6 +38,79 @@ class Claim:
 
     execution_id: int
     done: tuple[ActionOutcome, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _ClaimRequest:
+    flow_id: int
+    event: ChangeEvent
+    resume: bool  # durable: take over a RUNNING execution (its event's lease is ours)
+
+    @property
+    def identity(self) -> tuple[int, str]:
+        return (self.flow_id, self.event.key)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    execution_id: int
+    status: Status
+    log: str
+    actions: str  # JSON
+
+
+def _event_json(event: ChangeEvent) -> str:
+    return json.dumps(event.to_wire(), default=str)
+
+
+Request = TypeVar("Request")
+Result = TypeVar("Result")
+
+
+class GroupWriter(Generic[Request, Result]):
+    """Group commit: requests made while a write is under way go together in the next write.
+
+    `write(requests)` returns one result per request, in order. The write runs in its own
+    task, so a caller that is cancelled does not cut it short (its request still lands).
+    """
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[Request]], Awaitable[Sequence[Result]]],
+        max_batch: int = 500,
+    ) -> None:
+        self._write = write
+        self._max_batch = max_batch
+        self._waiting: list[tuple[Request, asyncio.Future[Result]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, request: Request) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
+            try:
+                results = await self._write([request for request, _ in batch])
+            except BaseException as exc:  # each caller sees the failure of its own request
+                for _, future in batch:
+                    if future.done():
+                        continue
+                    if isinstance(exc, Exception):
+                        future.set_exception(exc)
+                    else:
+                        future.cancel()
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,28 +150,31 @@ class Recorder:
         self._table = f"{quote_ident(schema)}.flow_executions"
         self._redact = redact
         self.in_flight: set[int] = set()  # claimed here, outcome not written yet
+        # Group commit: what is asked while one write is under way goes in the next one.
+        self._claims = GroupWriter(self._write_claims)
+        self._resumes = GroupWriter(self._write_claims)
+        self._finishes = GroupWriter(self._write_outcomes)
 
     async def claim(self, flow: Flow, event: ChangeEvent, *, force: bool = False) -> int | None:
         """Start an execution; None when this flow already ran (or runs) for this event."""
-        takeover = (
-            "DO UPDATE SET status = 'RUNNING', triggered_at = now(), finished_at = NULL,"
-            f" runs = {self._table}.runs + 1, log = '', actions = '[]'"
-            if force
-            else "DO NOTHING"
-        )
-        execution_id: int | None = await asyncio.shield(
-            self._pool.fetchval(
-                f"INSERT INTO {self._table} (flow_id, event_key, status, event)"
-                f" VALUES ($1, $2, 'RUNNING', $3::jsonb)"
-                f" ON CONFLICT (flow_id, event_key) {takeover} RETURNING execution_id",
-                flow.flow_id,
-                event.key,
-                json.dumps(event.to_wire(), default=str),
+        if force:
+            execution_id: int | None = await asyncio.shield(
+                self._pool.fetchval(
+                    f"INSERT INTO {self._table} (flow_id, event_key, status, event)"
+                    " VALUES ($1, $2, 'RUNNING', $3::jsonb) ON CONFLICT (flow_id, event_key)"
+                    " DO UPDATE SET status = 'RUNNING', triggered_at = now(), finished_at = NULL,"
+                    f" runs = {self._table}.runs + 1, log = '', actions = '[]'"
+                    " RETURNING execution_id",
+                    flow.flow_id,
+                    event.key,
+                    _event_json(event),
+                )
             )
-        )
-        if execution_id is not None:
-            self.in_flight.add(execution_id)
-        return execution_id
+            if execution_id is not None:
+                self.in_flight.add(execution_id)
+            return execution_id
+        claim = await self._claims.submit(_ClaimRequest(flow.flow_id, event, resume=False))
+        return claim.execution_id if claim is not None else None
 
     async def claim_durable(self, flow: Flow, event: ChangeEvent) -> Claim | None:
         """Start an execution, or resume one a dead process left RUNNING; None once it ended.
@@ -105,22 +182,42 @@ class Recorder:
         Only for events claimed from the durable event log: the event's lease makes this
         process the only one working on it, so a RUNNING execution is an interrupted one.
         """
-        row = await asyncio.shield(
-            self._pool.fetchrow(
-                f"INSERT INTO {self._table} AS e (flow_id, event_key, status, event)"
-                " VALUES ($1, $2, 'RUNNING', $3::jsonb) ON CONFLICT (flow_id, event_key)"
-                " DO UPDATE SET runs = e.runs + 1, triggered_at = now() WHERE e.status = 'RUNNING'"
-                " RETURNING execution_id, actions::text",
-                flow.flow_id,
-                event.key,
-                json.dumps(event.to_wire(), default=str),
-            )
+        return await self._resumes.submit(_ClaimRequest(flow.flow_id, event, resume=True))
+
+    async def _write_claims(self, requests: Sequence[_ClaimRequest]) -> list[Claim | None]:
+        """One INSERT for many claims. Within a batch, the first of two requests for the same
+        (flow, event) wins, as it would have one statement earlier."""
+        first: dict[tuple[int, str], int] = {}
+        for index, request in enumerate(requests):
+            first.setdefault(request.identity, index)
+        unique = [requests[index] for index in sorted(first.values())]
+        on_conflict = (
+            "DO UPDATE SET runs = e.runs + 1, triggered_at = now() WHERE e.status = 'RUNNING'"
+            if requests[0].resume
+            else "DO NOTHING"
         )
-        if row is None:
-            return None
-        self.in_flight.add(row["execution_id"])
-        done = tuple(ActionOutcome.model_validate(item) for item in json.loads(row["actions"]))
-        return Claim(row["execution_id"], done)
+        rows = await self._pool.fetch(
+            f"INSERT INTO {self._table} AS e (flow_id, event_key, status, event)"
+            " SELECT flow_id, event_key, 'RUNNING', event::jsonb"
+            " FROM unnest($1::bigint[], $2::text[], $3::text[]) AS v(flow_id, event_key, event)"
+            f" ON CONFLICT (flow_id, event_key) {on_conflict}"
+            " RETURNING execution_id, flow_id, event_key, actions::text",
+            [request.flow_id for request in unique],
+            [request.event.key for request in unique],
+            [_event_json(request.event) for request in unique],
+        )
+        claimed = {
+            (row["flow_id"], row["event_key"]): Claim(
+                row["execution_id"],
+                tuple(ActionOutcome.model_validate(item) for item in json.loads(row["actions"])),
+            )
+            for row in rows
+        }
+        self.in_flight.update(claim.execution_id for claim in claimed.values())
+        return [
+            claimed.get(request.identity) if first[request.identity] == index else None
+            for index, request in enumerate(requests)
+        ]
 
     async def progress(
         self,
@@ -159,16 +256,26 @@ class Recorder:
     async def finish(
         self, execution_id: int, status: Status, log: str, outcomes: Sequence[ActionOutcome]
     ) -> None:
-        self.in_flight.discard(execution_id)
         details = json.dumps([outcome.model_dump() for outcome in outcomes])
-        await self._pool.execute(
-            f"UPDATE {self._table} SET status = $2, finished_at = now(), log = $3,"
-            " actions = $4::jsonb WHERE execution_id = $1",
-            execution_id,
-            status,
-            self._redact(log),
-            self._redact(details),
+        await self._finishes.submit(
+            _Outcome(execution_id, status, self._redact(log), self._redact(details))
         )
+
+    async def _write_outcomes(self, outcomes: Sequence[_Outcome]) -> list[None]:
+        """One UPDATE for many outcomes, rows in id order (no deadlock with another writer)."""
+        ordered = sorted(outcomes, key=lambda outcome: outcome.execution_id)
+        await self._pool.execute(
+            f"UPDATE {self._table} AS e SET status = v.status, finished_at = now(),"
+            " log = v.log, actions = v.actions::jsonb"
+            " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])"
+            " AS v(execution_id, status, log, actions) WHERE e.execution_id = v.execution_id",
+            [outcome.execution_id for outcome in ordered],
+            [outcome.status for outcome in ordered],
+            [outcome.log for outcome in ordered],
+            [outcome.actions for outcome in ordered],
+        )
+        self.in_flight.difference_update(outcome.execution_id for outcome in outcomes)
+        return [None] * len(outcomes)
 
     async def abandon(self, reason: str) -> list[int]:
         """Mark every execution claimed here and still RUNNING as FAILURE (shutdown)."""
