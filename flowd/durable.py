@@ -230,7 +230,9 @@ class DurableDaemon(Daemon[LoggedEvent]):
             try:
                 await connection.add_listener("flowd_events", lambda *_: self._wake.set())
                 await connection.add_listener("flowd_flows", lambda *_: self._reload.set())
-                self._wake.set()  # changes may have come while nobody listened
+                # Changes and flow edits may have come while nobody listened.
+                self._wake.set()
+                self._reload.set()
                 while True:
                     await asyncio.sleep(_LISTENER_CHECK_S)
                     await connection.fetchval("SELECT 1")  # a dead connection hears nothing

@@ -429,3 +429,34 @@ async def test_a_loop_of_flowd_writes_stops_at_the_chain_depth(
     assert await count(db, "SELECT estimate::int FROM tasks WHERE id = 1") == 5
     [detected] = flowd.logged("flow.loop_detected")
     assert detected["chain_flow_ids"] == [flow_id] * 4
+
+
+async def test_capture_follows_the_flows_as_they_come_and_go(
+    database_url: str, db: asyncpg.Connection, http_target: HttpTarget
+) -> None:
+    """Flow edits reach the daemon by NOTIFY: a new watched table gets the trigger, a table
+    no enabled flow watches any more loses it, and its changes are no longer logged."""
+    flow_id = await notify_flow(db, http_target)
+    flowd = await start_durable(database_url)
+    try:
+        await add_flow(
+            db,
+            trigger_table="projects",
+            rules=[("name", "=", "flowd")],
+            actions=[("API_CALL", {"url": http_target.url_for("/projects")})],
+        )
+        await flowd.wait_for_log("capture.synced", count=2)
+        await db.execute("INSERT INTO projects (id, name) VALUES (1, 'flowd')")
+        await http_target.wait_for_requests("/projects", 1)
+        await db.execute("UPDATE flows SET is_enabled = false WHERE flow_id = $1", flow_id)
+        await flowd.wait_for_log("capture.synced", count=3)
+        await insert_tasks(db, range(1, 2))
+        await eventually(lambda: no_pending(db), "every event handled", 30, flowd)
+    finally:
+        assert await flowd.stop() == 0
+    synced = flowd.logged("capture.synced")
+    assert synced[1]["attached"] == ["public.projects"]
+    assert synced[2]["detached"] == ["public.tasks"]
+    logged = await db.fetch("SELECT DISTINCT table_name FROM flow_events")
+    assert [row["table_name"] for row in logged] == ["projects"]
+    assert http_target.requests_to("/hook") == []
