@@ -225,20 +225,7 @@ class TemporaryCluster:
         if self.root is not None and (self.data_dir / "postmaster.pid").exists():
             assert self.bin_dir is not None
             with contextlib.suppress(subprocess.SubprocessError, OSError):
-                self._run_server_cmd(
-                    [
-                        str(self.bin_dir / "pg_ctl"),
-                        "-D",
-                        str(self.data_dir),
-                        "-m",
-                        "immediate",
-                        "-w",
-                        "-t",
-                        "30",
-                        "stop",
-                    ],
-                    timeout=60,
-                )
+                self._pg_ctl("stop", "-m", "immediate", "-t", "30", timeout=60)
         self._running = False
         if self._extra_socket_dir and self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
@@ -251,22 +238,7 @@ class TemporaryCluster:
     def restart(self) -> None:
         """Fast shutdown and start again on the same port: every connection is cut."""
         assert self.bin_dir is not None
-        result = self._run_server_cmd(
-            [
-                str(self.bin_dir / "pg_ctl"),
-                "-D",
-                str(self.data_dir),
-                "-l",
-                str(self.log_path),
-                "-m",
-                "fast",
-                "-w",
-                "-t",
-                "60",
-                "restart",
-            ],
-            timeout=90,
-        )
+        result = self._pg_ctl("restart", "-l", str(self.log_path), "-m", "fast", "-t", "60")
         if result.returncode != 0:
             raise RuntimeError(f"pg_ctl restart failed: {(result.stdout + result.stderr).strip()}")
 
@@ -409,6 +381,14 @@ class TemporaryCluster:
             **kwargs,
         )
 
+    def _pg_ctl(
+        self, action: str, *options: str, timeout: float = 90
+    ) -> subprocess.CompletedProcess[str]:
+        """`pg_ctl -D <data> -w <options> <action>` (waits for the action to complete)."""
+        assert self.bin_dir is not None
+        command = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-w", *options, action]
+        return self._run_server_cmd(command, timeout=timeout)
+
     def _initdb(self) -> None:
         assert self.bin_dir is not None
         base_cmd = [
@@ -454,20 +434,7 @@ class TemporaryCluster:
         assert self.bin_dir is not None
         for attempt in range(1, _START_ATTEMPTS + 1):
             self._set_port(_find_free_port())
-            result = self._run_server_cmd(
-                [
-                    str(self.bin_dir / "pg_ctl"),
-                    "-D",
-                    str(self.data_dir),
-                    "-l",
-                    str(self.log_path),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-                timeout=90,
-            )
+            result = self._pg_ctl("start", "-l", str(self.log_path), "-t", "60")
             if result.returncode == 0:
                 self._running = True
                 return
