@@ -19,7 +19,7 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -37,6 +37,8 @@ from flowd.flows import FlowSet
 from flowd.health import Health
 from flowd.logs import get_logger
 from flowd.models import Column
+from flowd.pipeline import Pipeline
+from flowd.record import GroupWriter
 from flowd.replay import Summary
 
 log = get_logger()
@@ -284,7 +286,11 @@ class DurableDaemon(Daemon[LoggedEvent]):
 
 
 async def drain(app: App) -> Summary:
-    """`flowd --once` in durable mode: handle every pending event, then return."""
+    """`flowd --once` in durable mode: handle every pending event, then return.
+
+    Events run FLOWD_CONCURRENCY at a time, in order per row; no more are claimed than can
+    start at once, so none waits out its lease in a queue.
+    """
     settings = app.settings
     flow_set = await app.load_flows()
     await CaptureTriggers(app.database, settings.schema_name).sync(flow_set.tables.values())
@@ -298,17 +304,45 @@ async def drain(app: App) -> Summary:
     event_log = EventLog(
         app.database, settings.schema_name, worker=worker_id(), lease_s=settings.lease_s
     )
-    lookup = columns_of(flow_set)
+
+    async def mark(event_ids: Sequence[int]) -> list[None]:
+        await event_log.handled(event_ids)
+        return [None] * len(event_ids)
+
+    marks: GroupWriter[int, None] = GroupWriter(mark)
     summary = Summary()
-    while batch := await event_log.claim(CLAIM_BATCH, lookup):
-        for logged in batch:
-            summary.events += 1
-            try:
-                summary.add(await engine.handle(logged.event, logged.cause))
-            except ExecutionTakenOver:
-                log.warning("event.taken_over", event_id=logged.event_id)
+
+    async def work(logged: LoggedEvent) -> None:
+        try:
+            summary.add(await engine.handle(logged.event, logged.cause))
+        except ExecutionTakenOver:
+            log.warning("event.taken_over", event_id=logged.event_id)
+            return
+        await marks.submit(logged.event_id)
+
+    pipeline: Pipeline[LoggedEvent] = Pipeline(
+        work,
+        lambda logged: logged.row,
+        concurrency=settings.concurrency,
+        capacity=settings.concurrency,
+    )
+    dispatcher = asyncio.create_task(pipeline.run(), name="pipeline")
+    lookup = columns_of(flow_set)
+    try:
+        while True:
+            await pipeline.room()
+            batch = await event_log.claim(settings.concurrency - pipeline.held, lookup)
+            if not batch:
+                if not pipeline.held:
+                    break
+                await pipeline.idle()  # the next event of their rows becomes claimable
                 continue
-            await event_log.handled([logged.event_id])
+            for logged in batch:
+                summary.events += 1
+                pipeline.put(logged)
+    finally:
+        dispatcher.cancel()
+        await asyncio.gather(dispatcher, return_exceptions=True)
     return summary
 
 

@@ -460,3 +460,33 @@ async def test_capture_follows_the_flows_as_they_come_and_go(
     logged = await db.fetch("SELECT DISTINCT table_name FROM flow_events")
     assert [row["table_name"] for row in logged] == ["projects"]
     assert http_target.requests_to("/hook") == []
+
+
+async def test_once_drains_many_rows_side_by_side_and_each_row_in_order(
+    database_url: str, db: asyncpg.Connection, http_target: HttpTarget
+) -> None:
+    await add_flow(
+        db,
+        trigger_event="*",
+        actions=[
+            (
+                "API_CALL",
+                {"url": http_target.url_for("/rows"), "body": "{{ new.id }}:{{ new.estimate }}"},
+            )
+        ],
+    )
+    env = {"DATABASE_URL": database_url, **DURABLE}
+    assert (await run_flowd("--once", env=env)).code == 0  # attaches the trigger
+    await db.execute(
+        "INSERT INTO tasks (id, title, estimate) SELECT n, 'row', 0 FROM generate_series(1, 5) n"
+    )
+    for _ in range(20):
+        await db.execute("UPDATE tasks SET estimate = estimate + 1")
+    result = await run_flowd("--once", env=env)
+    assert result.code == 0, result.stderr
+    assert "105 event(s)" in result.stderr
+    seen: dict[int, list[int]] = defaultdict(list)
+    for request in http_target.requests_to("/rows"):
+        row, estimate = request.text().split(":")
+        seen[int(row)].append(int(estimate))
+    assert seen == {row: list(range(21)) for row in range(1, 6)}
