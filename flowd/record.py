@@ -52,6 +52,13 @@ class _ClaimRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class _Step:
+    execution_id: int
+    index: int
+    outcome: str  # JSON
+
+
+@dataclass(frozen=True, slots=True)
 class _Outcome:
     execution_id: int
     status: Status
@@ -154,6 +161,7 @@ class Recorder:
         self._claims = GroupWriter(self._write_claims)
         self._resumes = GroupWriter(self._write_claims)
         self._finishes = GroupWriter(self._write_outcomes)
+        self._steps = GroupWriter(self._write_steps)
 
     async def claim(self, flow: Flow, event: ChangeEvent, *, force: bool = False) -> int | None:
         """Start an execution; None when this flow already ran (or runs) for this event."""
@@ -224,21 +232,34 @@ class Recorder:
         execution_id: int,
         index: int,
         outcome: ActionOutcome,
-        connection: asyncpg.Pool | Connection | None = None,
+        connection: Connection | None = None,
     ) -> bool:
         """Record that action number `index` (from 0) finished; False if another run got there.
 
-        On `connection`, inside its transaction, the record commits with what the action did.
+        On `connection`, inside its transaction, the record commits with what the action did;
+        without one, it is group-committed with other executions' progress.
         """
-        recorded = await (connection or self._pool).fetchval(
-            f"UPDATE {self._table} SET actions = actions || jsonb_build_array($2::jsonb)"
-            " WHERE execution_id = $1 AND status = 'RUNNING' AND jsonb_array_length(actions) = $3"
-            " RETURNING true",
-            execution_id,
-            self._redact(outcome.model_dump_json()),
-            index,
+        step = _Step(execution_id, index, self._redact(outcome.model_dump_json()))
+        if connection is None:
+            return await self._steps.submit(step)
+        return bool(await self._write_steps([step], connection))
+
+    async def _write_steps(
+        self, steps: Sequence[_Step], database: asyncpg.Pool | Connection | None = None
+    ) -> list[bool]:
+        """Append each step's outcome where the execution has exactly `index` outcomes."""
+        ordered = sorted(steps, key=lambda step: step.execution_id)
+        rows = await (database or self._pool).fetch(
+            f"UPDATE {self._table} AS e SET actions = e.actions || jsonb_build_array(v.outcome)"
+            " FROM unnest($1::bigint[], $2::int[], $3::jsonb[]) AS v(execution_id, index, outcome)"
+            " WHERE e.execution_id = v.execution_id AND e.status = 'RUNNING'"
+            " AND jsonb_array_length(e.actions) = v.index RETURNING e.execution_id",
+            [step.execution_id for step in ordered],
+            [step.index for step in ordered],
+            [step.outcome for step in ordered],
         )
-        return bool(recorded)
+        recorded = {row["execution_id"] for row in rows}
+        return [step.execution_id in recorded for step in steps]
 
     async def claim_failed(self, execution_id: int) -> bool:
         """Take over a failed (or abandoned) execution to run it again; False if gone or taken."""
