@@ -26,13 +26,14 @@ import operator
 import re
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import Enum, StrEnum
 from typing import Any, Final
 
 from flowd.errors import FlowDefinitionError
 from flowd.models import ChangeEvent, ChangeType, Flow, Rule
+from flowd.reltime import evaluation_time, parse_relative
 
 __all__ = [
     "Classification",
@@ -217,7 +218,11 @@ def check_rule_against_columns(rule: Rule, column_types: Mapping[str, str]) -> s
     for reading in readings:
         if reading is None:
             return f"the IN list has an item (null, array or object) that {what} can never equal"
-        if reading.as_kind[kind] is None:
+        if reading.as_kind[kind] is None and not (
+            kind is _Kind.INSTANT and reading.offset is not None and operator_name in _ORDERS
+        ):
+            if reading.offset is not None:
+                return f"{reading.text!r} (relative time) only works with <, >, <= and >="
             return (
                 f"value {reading.text!r} cannot be read as {kind.value}, "
                 f"the type of {what} ({typname}), so the rule is never true"
@@ -378,10 +383,13 @@ def _reading(value: object, typname: str | None) -> Reading:
 
 @dataclass(frozen=True, slots=True)
 class _RuleValue:
-    """`rule.value` read once as each scalar kind; None where it cannot be read so."""
+    """`rule.value` read once as each scalar kind; None where it cannot be read so.
+
+    `offset`: the value is relative time (`now-7d`), an instant only once `now` is known."""
 
     text: str
     as_kind: Mapping[_Kind, Scalar | None]
+    offset: timedelta | None = None
 
     @classmethod
     @functools.lru_cache(maxsize=4096)  # rule sets repeat values; readings are immutable
@@ -394,6 +402,7 @@ class _RuleValue:
                 _Kind.INSTANT: _parse_instant(text),
                 _Kind.TEXT: text,
             },
+            parse_relative(text),
         )
 
 
@@ -689,6 +698,8 @@ def _order_rule(order: Callable[[Any, Any], Any]) -> RuleBuilder:
         bounds = {kind: expected.as_kind[kind] for kind in _ORDERED_KINDS}
         if expected.as_kind[_Kind.NUMBER] is not None:
             bounds[_Kind.TEXT] = None  # text against a number: "10" would sort before "9"
+        if (offset := expected.offset) is not None:
+            return _relative_order_rule(order, offset, field), None
 
         def holds(view: EventView) -> bool:
             _, _, kind, actual, _ = view.readings.get(key) or read(view)
@@ -698,6 +709,21 @@ def _order_rule(order: Callable[[Any, Any], Any]) -> RuleBuilder:
         return holds, None
 
     return build
+
+
+def _relative_order_rule(
+    order: Callable[[Any, Any], Any], offset: timedelta, field: _FieldAddress
+) -> RuleCheck:
+    """An instant field ordered against `now` ± offset, `now` read when the event is."""
+    key, read = field.key, field.reader()
+
+    def holds(view: EventView) -> bool:
+        _, _, kind, actual, _ = view.readings.get(key) or read(view)
+        if kind is not _Kind.INSTANT or actual is None:
+            return False
+        return bool(order(actual, evaluation_time() + offset))
+
+    return holds
 
 
 def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
@@ -787,11 +813,11 @@ def _table_of(flow: Flow) -> tuple[str, str]:
 
 def _trigger_event_of(flow: Flow) -> str:
     trigger_event = flow.trigger_event.strip().upper()
-    if trigger_event != "*" and trigger_event not in _CHANGE_TYPES:
+    if trigger_event not in ("*", "SCHEDULE", *_CHANGE_TYPES):
         raise FlowDefinitionError(
             flow.flow_id,
             "trigger_event",
-            f"{flow.trigger_event!r} is not INSERT, UPDATE, DELETE or *",
+            f"{flow.trigger_event!r} is not INSERT, UPDATE, DELETE, * or SCHEDULE",
         )
     return trigger_event
 

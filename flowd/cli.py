@@ -27,6 +27,7 @@ from flowd.errors import ConfigurationError, DatabaseUnreachable
 from flowd.eventlog import CaptureTriggers
 from flowd.logs import get_logger
 from flowd.migrate import migrate
+from flowd.schedule import run_once
 from flowd.secrets import Secrets
 from flowd.validate import validate
 
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", type=_iso_instant, metavar="ISO", help="with --failed: from then on"
     )
     run.add_argument("--flow", type=int, metavar="ID", help="with --failed: this flow only")
+    run.add_argument(
+        "--schedule", type=int, metavar="FLOW_ID", help="run one tick of this scheduled flow now"
+    )
     run.add_argument("--save-events", metavar="FILE", help="append received events to FILE")
     commands.add_parser(
         "demo", help="run example flows on a throwaway local PostgreSQL (needs no configuration)"
@@ -105,7 +109,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def _check_run_flags(args: argparse.Namespace) -> None:
     if not args.once:
-        once_only = ["events", "dry_run", "flows", "force", "failed", "since", "flow"]
+        once_only = ["events", "dry_run", "flows", "force", "failed", "since", "flow", "schedule"]
         used = [name for name in once_only if getattr(args, name) not in (None, False)]
         if used:
             flag = "--" + used[0].replace("_", "-")
@@ -113,6 +117,8 @@ def _check_run_flags(args: argparse.Namespace) -> None:
         return
     if args.events and args.failed:
         raise ConfigurationError("--once takes either --events FILE or --failed, not both")
+    if args.schedule is not None and (args.events or args.failed):
+        raise ConfigurationError("--schedule FLOW_ID does not go with --events or --failed")
     if (args.since or args.flow is not None) and not args.failed:
         raise ConfigurationError("--since and --flow go with --failed")
     if args.failed and (args.dry_run or args.flows or args.force):
@@ -124,10 +130,16 @@ def _check_run_flags(args: argparse.Namespace) -> None:
 
 
 async def _once(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
+    if args.schedule is not None:
+        async with open_app(settings, secrets, database=True) as app:
+            summary = await run_once(app, args.schedule)
+        print(summary.line(), file=sys.stderr)
+        return summary.exit_code
     if not (args.events or args.failed) and settings.delivery != "durable":
         raise ConfigurationError(
             "--once needs --events FILE or --failed"
-            " (or FLOWD_DELIVERY=durable, to drain the pending events of the event log)"
+            " (or FLOWD_DELIVERY=durable, to drain the pending events of the event log;"
+            " or --schedule FLOW_ID, to run a tick of a scheduled flow)"
         )
     needs_database = not (args.dry_run and args.flows)
     async with open_app(settings, secrets, database=needs_database) as app:

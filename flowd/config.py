@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     maintenance_interval_s: float = _env(
         "FLOWD_MAINTENANCE_INTERVAL_S", 60.0, "durable: log the backlog, delete old events", gt=0
     )
+    schedule_max_rows: int = _env(
+        "FLOWD_SCHEDULE_MAX_ROWS",
+        10_000,
+        "a scheduled flow's tick runs for at most this many rows, then stops",
+        ge=1,
+    )
     queue_size: int = _env(
         "FLOWD_QUEUE_SIZE", 1000, "events held in memory before backpressure", ge=1
     )

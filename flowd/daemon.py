@@ -32,6 +32,7 @@ from flowd.logs import get_logger
 from flowd.models import ChangeEvent
 from flowd.pipeline import Pipeline
 from flowd.realtime import Binding, RealtimeSource, Timing
+from flowd.schedule import Scheduler
 from flowd.service import Supervision
 from flowd.signals import handle_signals
 from flowd.source import parse_event
@@ -92,8 +93,9 @@ class Daemon(abc.ABC, Generic[Item]):
         """After the drain: account for what was cut short or never started."""
 
     def _side_tasks(self) -> list[asyncio.Task[None]]:
-        """Further tasks of the feed that live as long as the daemon."""
-        return []
+        """Further tasks that live as long as the daemon: scheduled flows, the feed's own."""
+        scheduler = Scheduler(self._app, lambda: self._engine.flows, stopping=self._stopping)
+        return [asyncio.create_task(scheduler.run(), name="scheduler")]
 
     def _request_reload(self) -> None:
         self._reload.set()

@@ -6,6 +6,8 @@ mode (port 6543) with the statement cache off (`Settings.statement_cache_size`).
 
 from __future__ import annotations
 
+import os
+import secrets
 import socket
 
 import asyncpg
@@ -24,6 +26,11 @@ CONNECTION_LOST = (
 )
 # One connection, whether taken from a pool or opened alone.
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+def worker_id() -> str:
+    """This process, as it appears in `flow_events.worker` and `flow_ticks.worker`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 async def create_pool(settings: Settings, *, max_size: int | None = None) -> asyncpg.Pool:

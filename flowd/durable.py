@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import secrets
-import socket
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,7 +26,7 @@ from flowd import metrics
 from flowd.app import App
 from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT
 from flowd.daemon import Daemon
-from flowd.db import CONNECTION_LOST
+from flowd.db import CONNECTION_LOST, worker_id
 from flowd.engine import Engine
 from flowd.errors import ExecutionTakenOver
 from flowd.eventlog import CaptureTriggers, ColumnsOf, EventLog, LoggedEvent
@@ -45,11 +42,6 @@ log = get_logger()
 
 CLAIM_BATCH = 100
 _LISTENER_CHECK_S = 10.0
-
-
-def worker_id() -> str:
-    """This process, as it appears in `flow_events.worker`."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def columns_of(flow_set: FlowSet) -> ColumnsOf:
@@ -109,6 +101,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
 
     def _side_tasks(self) -> list[asyncio.Task[None]]:
         return [
+            *super()._side_tasks(),
             asyncio.create_task(self._write_handled_marks(), name="handled-marks"),
             asyncio.create_task(self._renew_leases(), name="leases"),
             asyncio.create_task(self._listen(), name="listener"),

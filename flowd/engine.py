@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
@@ -29,6 +30,7 @@ from flowd.flows import FlowSet
 from flowd.logs import get_logger
 from flowd.models import ActionOutcome, ChangeEvent, Flow
 from flowd.record import Claim, Recorder, execution_log
+from flowd.reltime import evaluated_at
 
 log = get_logger()
 
@@ -66,8 +68,15 @@ class Engine:
         self._identity_warned: set[tuple[str, str]] = set()
 
     def matching(self, event: ChangeEvent) -> tuple[Flow, ...]:
-        """The flows this event matches, ascending id; warns once per table about identity."""
-        classification = self.flows.index.classify(event)
+        """The flows this event matches, ascending id; warns once per table about identity.
+
+        `now` in rules is read once for the event: the wall clock for a change, the
+        tick's time for a SCHEDULE event (run again by `--failed`).
+        """
+        if event.type == "SCHEDULE":
+            return self._matching_scheduled(event)
+        with evaluated_at(datetime.now(UTC)):
+            classification = self.flows.index.classify(event)
         table = (event.schema_name, event.table)
         if classification.needs_full_identity and table not in self._identity_warned:
             self._identity_warned.add(table)
@@ -79,6 +88,22 @@ class Engine:
                 " REPLICA IDENTITY FULL;",
             )
         return classification.flows
+
+    def _matching_scheduled(self, event: ChangeEvent) -> tuple[Flow, ...]:
+        stamp = event.commit_timestamp
+        instant = datetime.fromisoformat(stamp) if stamp else datetime.now(UTC)
+        with evaluated_at(instant):
+            return tuple(
+                scheduled.flow
+                for _, scheduled in sorted(self.flows.schedules.items())
+                if scheduled.flow.table_ref == (event.schema_name, event.table)
+                and scheduled.compiled.evaluate(event)[0]
+            )
+
+    async def run_scheduled(self, flow: Flow, event: ChangeEvent) -> FlowRun:
+        """Run `flow` for one row of its tick (the tick has already matched the row)."""
+        with _event_context(event):
+            return await self._claim_and_run(self.flows, flow, event, EXTERNAL)
 
     async def handle(self, event: ChangeEvent, cause: Cause | None = None) -> list[FlowRun]:
         """Run every matching flow for this event, once each.

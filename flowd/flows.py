@@ -18,6 +18,7 @@ import pydantic
 from flowd import act
 from flowd.catalog import Catalog, Table, quote_ident
 from flowd.classify import CompiledFlow, FlowIndex, compile_flow
+from flowd.cron import Schedule, schedule_of
 from flowd.errors import ConfigurationError, FlowDefinitionError, first_problem
 from flowd.logs import get_logger
 from flowd.models import Flow
@@ -26,6 +27,7 @@ log = get_logger()
 
 _FLOWS_SQL = """
 SELECT f.flow_id, f.name, f.trigger_table, f.trigger_event, f.is_enabled, f.match,
+       f.schedule, f.schedule_tz,
        COALESCE((SELECT jsonb_agg(jsonb_build_object('rule_id', r.rule_id, 'field', r.field,
                                                      'operator', r.operator, 'value', r.value)
                                   ORDER BY r.rule_id)
@@ -41,15 +43,33 @@ ORDER BY f.flow_id
 Loaded = Flow | FlowDefinitionError
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduledFlow:
+    """A SCHEDULE flow: its compiled rules, its schedule, and its table (None: unknown)."""
+
+    compiled: CompiledFlow
+    schedule: Schedule
+    table: Table | None
+
+    @property
+    def flow(self) -> Flow:
+        return self.compiled.flow
+
+
 @dataclass(frozen=True)
 class FlowSet:
-    """The flows that run: their classifier index and prepared actions, and those refused."""
+    """The flows that run: their classifier index and prepared actions, and those refused.
+
+    SCHEDULE flows are in `schedules`, not in the index: no change event runs them, and
+    their tables need no Realtime binding or capture trigger (`tables` is for those).
+    """
 
     index: FlowIndex
     actions: Mapping[int, tuple[act.PreparedAction, ...]]
     refused: tuple[FlowDefinitionError, ...] = ()
     by_id: Mapping[int, Flow] = field(default_factory=dict)
     tables: Mapping[tuple[str, str], Table] = field(default_factory=dict)  # trigger tables
+    schedules: Mapping[int, ScheduledFlow] = field(default_factory=dict)
 
 
 def _flow_from(row: Mapping[str, Any]) -> Loaded:
@@ -97,7 +117,14 @@ def load_from_file(path: Path) -> list[Loaded]:
 async def _compile(
     flow: Flow, catalog: Catalog | None
 ) -> tuple[CompiledFlow, tuple[act.PreparedAction, ...]]:
+    if flow.is_scheduled:
+        schedule_of(flow)  # refuse a bad expression here, with the rest of the definition
     return compile_flow(flow), await act.prepare(flow, catalog)
+
+
+async def _scheduled(compiled: CompiledFlow, catalog: Catalog | None) -> ScheduledFlow:
+    table = await catalog.table(*compiled.flow.table_ref) if catalog is not None else None
+    return ScheduledFlow(compiled, schedule_of(compiled.flow), table)
 
 
 async def prepare(
@@ -133,7 +160,10 @@ async def prepare(
             flow, prepared = compile_flow(last_good), previous.actions[problem.flow_id]
         compiled.append(flow)
         actions[flow.flow.flow_id] = prepared
-    index = FlowIndex(compiled)
+    index = FlowIndex(c for c in compiled if not c.flow.is_scheduled)
+    schedules = {
+        c.flow.flow_id: await _scheduled(c, catalog) for c in compiled if c.flow.is_scheduled
+    }
     tables: dict[tuple[str, str], Table] = {}
     if catalog is not None:
         for schema, name, _ in index.bindings():
@@ -143,6 +173,7 @@ async def prepare(
         index=index,
         actions=actions,
         refused=tuple(refused),
-        by_id={flow.flow_id: flow for flow in index.flows},
+        by_id={c.flow.flow_id: c.flow for c in compiled if c.flow.is_enabled},
         tables=tables,
+        schedules=schedules,
     )

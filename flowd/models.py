@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ChangeType = Literal["INSERT", "UPDATE", "DELETE"]
-TriggerEvent = Literal["INSERT", "UPDATE", "DELETE", "*"]
+# SCHEDULE: not a change but a row read by a scheduled flow's tick (flowd.schedule).
+ChangeType = Literal["INSERT", "UPDATE", "DELETE", "SCHEDULE"]
+TriggerEvent = Literal["INSERT", "UPDATE", "DELETE", "*", "SCHEDULE"]
 Status = Literal["RUNNING", "SUCCESS", "FAILURE"]
 
 _frozen = ConfigDict(frozen=True, populate_by_name=True)
@@ -38,7 +39,9 @@ class ChangeEvent(BaseModel):
     """One row change: the `data` object of a Realtime `postgres_changes` frame.
 
     `record` is None where the wire omits it (DELETE), `old_record` likewise (INSERT).
-    Built from the supabase-js shape (`eventType`, `new`, `old`) too.
+    Built from the supabase-js shape (`eventType`, `new`, `old`) too. A SCHEDULE event is
+    one row read by a tick: `commit_timestamp` is the tick's scheduled time and
+    `primary_key` names the row's key columns.
     """
 
     model_config = _frozen
@@ -51,6 +54,7 @@ class ChangeEvent(BaseModel):
     record: dict[str, Any] | None = None
     old_record: dict[str, Any] | None = None
     errors: list[str] | None = None
+    primary_key: tuple[str, ...] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -88,15 +92,21 @@ class ChangeEvent(BaseModel):
 
     @cached_property
     def key(self) -> str:
-        """A stable idempotency key: the same change always, two changes never, share one."""
-        identity = {
+        """A stable idempotency key: the same change always, two changes never, share one.
+
+        A SCHEDULE event's key is its tick and its row's key, not the whole row: a row
+        that changed while the tick ran (a DB_UPDATE of its own) keeps its key.
+        """
+        identity: dict[str, Any] = {
             "schema": self.schema_name,
             "table": self.table,
             "type": self.type,
             "commit_timestamp": self.commit_timestamp,
-            "record": self.record,
-            "old_record": self.old_record,
         }
+        if self.type == "SCHEDULE" and self.primary_key is not None:
+            identity["row"] = {column: self.new.get(column) for column in self.primary_key}
+        else:
+            identity |= {"record": self.record, "old_record": self.old_record}
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
@@ -144,6 +154,8 @@ class Flow(BaseModel):
     trigger_event: str = "*"
     is_enabled: bool = True
     match: str = "ALL"
+    schedule: str | None = None  # SCHEDULE flows: a five-field cron expression
+    schedule_tz: str | None = None  # its time zone; None is UTC
     rules: tuple[Rule, ...] = ()
     actions: tuple[Action, ...] = ()
 
@@ -151,6 +163,10 @@ class Flow(BaseModel):
     def table_ref(self) -> tuple[str, str]:
         """(schema, table) named by `trigger_table`."""
         return table_ref(self.trigger_table)
+
+    @property
+    def is_scheduled(self) -> bool:
+        return self.trigger_event.strip().upper() == "SCHEDULE"
 
     @property
     def ordered_actions(self) -> tuple[Action, ...]:
