@@ -817,7 +817,7 @@ def _trigger_event_of(flow: Flow) -> str:
         raise FlowDefinitionError(
             flow.flow_id,
             "trigger_event",
-            f"{flow.trigger_event!r} is not INSERT, UPDATE, DELETE, * or SCHEDULE",
+            f"{flow.trigger_event!r} is not INSERT, UPDATE, DELETE or * (nor SCHEDULE)",
         )
     return trigger_event
 

@@ -32,7 +32,7 @@ from flowd.logs import get_logger
 from flowd.models import ChangeEvent
 from flowd.pipeline import Pipeline
 from flowd.realtime import Binding, RealtimeSource, Timing
-from flowd.schedule import Scheduler
+from flowd.schedule import Scheduler, TickRunner
 from flowd.service import Supervision
 from flowd.signals import handle_signals
 from flowd.source import parse_event
@@ -94,7 +94,11 @@ class Daemon(abc.ABC, Generic[Item]):
 
     def _side_tasks(self) -> list[asyncio.Task[None]]:
         """Further tasks that live as long as the daemon: scheduled flows, the feed's own."""
-        scheduler = Scheduler(self._app, lambda: self._engine.flows, stopping=self._stopping)
+        scheduler = Scheduler(
+            TickRunner(self._app, stopping=self._stopping),
+            lambda: self._engine.flows,
+            grace_s=self._settings.shutdown_timeout_s,
+        )
         return [asyncio.create_task(scheduler.run(), name="scheduler")]
 
     def _request_reload(self) -> None:

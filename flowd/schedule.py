@@ -202,6 +202,10 @@ class TickRunner:
         self._stopping = stopping or asyncio.Event()
         self._row_done = row_done  # after each row, with the tick's rows done (tests stop here)
 
+    def stop(self) -> None:
+        """Take no further row; a tick under way is left for whoever claims it next."""
+        self._stopping.set()
+
     async def run(
         self, scheduled: ScheduledFlow, scheduled_for: datetime, flows: FlowSet
     ) -> TickResult | None:
@@ -326,18 +330,16 @@ class Scheduler:
 
     def __init__(
         self,
-        app: App,
+        runner: TickRunner,
         flows: Callable[[], FlowSet],
         *,
         clock: Clock | None = None,
-        runner: TickRunner | None = None,
-        stopping: asyncio.Event | None = None,
+        grace_s: float = 25.0,
     ) -> None:
+        self._runner = runner
         self._flows = flows
         self._clock = clock or SystemClock()
-        self._stopping = stopping or asyncio.Event()
-        self._runner = runner or TickRunner(app, stopping=self._stopping)
-        self._grace_s = app.settings.shutdown_timeout_s
+        self._grace_s = grace_s  # for ticks under way to finish their row, on the way out
         self._last: dict[int, datetime] = {}  # latest tick started (or seen taken), per flow
         self._not_before: dict[int, datetime] = {}  # after a failure
         self.running: dict[int, asyncio.Task[TickResult | None]] = {}
@@ -420,7 +422,7 @@ class Scheduler:
         return wake
 
     async def _wind_down(self) -> None:
-        self._stopping.set()
+        self._runner.stop()
         tasks = [task for task in self.running.values() if not task.done()]
         if not tasks:
             return

@@ -5,7 +5,9 @@ exists; each rule's field is a column and its value reads as that column's type;
 FUNCTION_CALL has SUPABASE_URL. With delivery `realtime`: a table whose flows use
 `CHANGED*` has REPLICA IDENTITY FULL and the table is in the Realtime publication.
 With `durable`: the table carries flowd's capture trigger (the event log has the
-whole old row, so replica identity does not matter).
+whole old row, so replica identity does not matter). A SCHEDULE flow: its cron
+expression and time zone read, its table has a primary key (ticks page by it); no
+Realtime or capture check, since no change of its table is watched.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from flowd import act
 from flowd.catalog import Catalog
 from flowd.classify import check_rule_against_columns, compile_flow, needs_old_row
 from flowd.config import Settings
+from flowd.cron import schedule_of
 from flowd.errors import FlowDefinitionError
 from flowd.flows import Loaded
 from flowd.models import Flow
@@ -51,6 +54,10 @@ async def _table_problems(
     for index, rule in enumerate(flow.rules):
         if (problem := check_rule_against_columns(rule, table.column_types)) is not None:
             problems.append(f"{_rule_label(flow, index)}: {problem}")
+    if flow.is_scheduled:
+        if not table.primary_key:
+            problems.append(f"table {schema}.{name} has no primary key, which ticks page by")
+        return problems
     if captured is not None:
         if captured.get((schema, name)) != table.primary_key:
             problems.append(
@@ -87,6 +94,11 @@ async def validate(
             compile_flow(item)
         except FlowDefinitionError as exc:
             texts.append(f"{exc.where}: {exc.reason}")
+        if item.is_scheduled:
+            try:
+                schedule_of(item)
+            except FlowDefinitionError as exc:
+                texts.append(f"{exc.where}: {exc.reason}")
         try:
             await act.prepare(item, catalog)
         except FlowDefinitionError as exc:
