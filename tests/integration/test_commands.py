@@ -25,7 +25,7 @@ async def test_migrate_applies_once_and_a_second_run_changes_nothing(
         env = {"DATABASE_URL": url, "FLOWD_SCHEMA": "automation"}
         first = await run_flowd("migrate", env=env)
         assert first.code == 0, first.stderr
-        assert "2 migration(s) applied" in first.stdout
+        assert "3 migration(s) applied" in first.stdout
         second = await run_flowd("migrate", env=env)
         assert second.code == 0, second.stderr
         assert "0 migration(s) applied" in second.stdout
@@ -40,12 +40,13 @@ async def test_migrate_applies_once_and_a_second_run_changes_nothing(
                 ("actions", True),
                 ("flow_events", True),
                 ("flow_executions", True),
+                ("flow_ticks", True),
                 ("flowd_migrations", True),
                 ("flows", True),
                 ("rules", True),
             }
             assert (
-                await connection.fetchval("SELECT count(*) FROM automation.flowd_migrations") == 2
+                await connection.fetchval("SELECT count(*) FROM automation.flowd_migrations") == 3
             )
         finally:
             await connection.close()

@@ -12,6 +12,7 @@ import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -382,3 +383,34 @@ async def test_validate_reports_a_bad_cron_expression(
     assert finished.code == 1
     assert f"flow {flow_id} " in finished.stdout
     assert "schedule: '*/5 * * *' is not a cron expression of five fields" in finished.stdout
+
+
+async def test_readme_scheduled_flow_sql_works_end_to_end(
+    db: asyncpg.Connection, database_url: str, http_target: HttpTarget
+) -> None:
+    """README's overdue-tasks flow: it validates, and a tick notifies the overdue task only."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    sql = next(
+        block.split("```", 1)[0]
+        for block in readme.split("```sql")[1:]
+        if "Overdue tasks: notify the owner" in block
+    )
+    await db.execute(sql)
+    env = {"DATABASE_URL": database_url, "FLOWD_SECRET_SLACK_PATH": "T000/B000/XXXX"}
+    validated = await run_flowd("validate", env=env)
+    assert validated.code == 0, validated.stdout + validated.stderr
+    await db.execute(
+        "UPDATE actions SET config = jsonb_set(config, '{url}', to_jsonb($1::text))",
+        http_target.url + "/services/{{ secrets.SLACK_PATH }}",
+    )
+    await db.execute(
+        "INSERT INTO tasks (id, title, due_at, done, assignee) VALUES"
+        " (1, 'Ship', now() - interval '1 day', false, '00000000-0000-0000-0000-00000000000a'),"
+        " (2, 'Done', now() - interval '1 day', true, null),"
+        " (3, 'Later', now() + interval '1 day', false, null)"
+    )
+    flow_id = await db.fetchval("SELECT flow_id FROM flows")
+    result = await run_flowd("--once", "--schedule", str(flow_id), env=env)
+    assert result.code == 0, result.stderr
+    [request] = http_target.requests_to("/services/T000/B000/XXXX")
+    assert request.json() == {"text": "Overdue: Ship (00000000-0000-0000-0000-00000000000a)"}
