@@ -83,7 +83,7 @@ async def load_from_database(pool: asyncpg.Pool | asyncpg.Connection, schema: st
     """Every flow in `flows` with its rules and actions (disabled ones too)."""
     try:
         rows = await pool.fetch(_FLOWS_SQL.format(schema=quote_ident(schema)))
-    except asyncpg.UndefinedTableError:
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
         raise ConfigurationError(
             f"flowd's tables are not in schema {schema}: run `flowd migrate` first"
         ) from None

@@ -362,7 +362,16 @@ class Scheduler:
                 continue  # a tick still running: the next one waits, then runs once
             last = self._last.get(flow_id)
             if last is None:
-                last = self._last[flow_id] = await self._baseline(scheduled, now)
+                try:
+                    last = self._last[flow_id] = await self._baseline(scheduled, now)
+                except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+                    log.warning(
+                        "schedule.unavailable",
+                        flow_id=flow_id,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    self._not_before[flow_id] = now + _RETRY_AFTER
+                    continue
                 if flow_id in self.running and not self.running[flow_id].done():
                     continue  # resuming an unfinished tick
             due, count = scheduled.schedule.last_due(last, now)

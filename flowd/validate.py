@@ -99,6 +99,8 @@ async def validate(
                 schedule_of(item)
             except FlowDefinitionError as exc:
                 texts.append(f"{exc.where}: {exc.reason}")
+        elif item.schedule is not None:
+            texts.append("schedule: set, but ignored: trigger_event is not SCHEDULE")
         try:
             await act.prepare(item, catalog)
         except FlowDefinitionError as exc:
