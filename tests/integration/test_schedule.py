@@ -26,7 +26,7 @@ from flowd.schedule import Scheduler, TickRunner
 from flowd.secrets import Secrets
 from tests.support.flowd_cli import RunningFlowd, run_flowd
 from tests.support.flows import add_flow, executions
-from tests.support.http_target import HttpTarget
+from tests.support.http_target import HttpTarget, Reply
 
 TICK = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
 OVERDUE_IDS = [2, 3, 5, 8, 9]
@@ -444,3 +444,27 @@ async def test_the_daemon_runs_the_latest_missed_tick_on_start(
     assert len(notified(http_target)) == len(OVERDUE_IDS)
     assert await db.fetchval("SELECT count(*) FROM flow_ticks") == 2
     assert not await db.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname = 'flowd_capture'")
+
+
+async def test_a_tick_still_running_when_the_next_is_due_is_not_started_twice(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    """A slow receiver keeps the 09:05 tick running past 09:10: 09:10 does not start beside
+    it; once 09:05 ends, 09:10 runs, once."""
+    async with HttpTarget(default=Reply(delay_s=0.2)) as slow:
+        await overdue_tasks(db)
+        flow_id = await overdue_flow(db, slow)
+        async with flowd_app(database_url) as app:
+            flows = await app.load_flows()
+            scheduler = _scheduler(app, flows, FakeClock(TICK))
+            await scheduler.start_due(TICK + timedelta(minutes=4))  # first sight: the baseline
+            await scheduler.start_due(TICK + timedelta(minutes=5))
+            first = scheduler.running[flow_id]
+            await scheduler.start_due(TICK + timedelta(minutes=10))
+            assert scheduler.running[flow_id] is first
+            assert not first.done()
+            await first
+            await scheduler.start_due(TICK + timedelta(minutes=10, seconds=30))
+            await scheduler.running[flow_id]
+    assert await _ticks(db) == [TICK + timedelta(minutes=5), TICK + timedelta(minutes=10)]
+    assert len(await executions(db)) == 2 * len(OVERDUE_IDS)
