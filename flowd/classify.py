@@ -37,6 +37,7 @@ from flowd.classify_index import (
     Classification,
     FlowPlan,
     FlowPredicate,
+    Inline,
     RuleCheck,
     RulePlan,
 )
@@ -432,6 +433,8 @@ class _FieldAddress:
 
         A rule asks `view.readings.get(key) or read(view)`: the first one reads."""
         key = self.key
+        if not self.steps:
+            return _column_reader(key, self.record, self.column)
         resolve = self.resolve
 
         def read(view: EventView) -> Reading:
@@ -439,6 +442,44 @@ class _FieldAddress:
             return reading
 
         return read
+
+
+def _column_reader(key: str, record: Callable[[EventView], dict[str, Any]], column: str) -> Fetch:
+    """`_FieldAddress.reader` of a top-level column: read by its column type's own reader."""
+
+    def read(view: EventView) -> Reading:
+        typname = view.column_types.get(column)
+        value = record(view).get(column, _MISSING)
+        reading = view.readings[key] = _TYPED_READINGS.get(typname, _reading)(value, typname)
+        return reading
+
+    return read
+
+
+# `_reading` for a column whose type alone says how it is read, without working out the
+# kind of each value: a declared kind (number, boolean, instant), or text for a string.
+def _text_reading(value: object, typname: str | None) -> Reading:
+    if type(value) is str:
+        return (value, typname, _Kind.TEXT, value, (_Kind.TEXT, value))
+    return _reading(value, typname)
+
+
+def _declared_reading(kind: _Kind) -> Callable[[object, str | None], Reading]:
+    read = _FIELD_READERS[kind]
+
+    def reading(value: object, typname: str | None) -> Reading:
+        if value is None or value is _MISSING:
+            return (value, typname, kind, None, NULL_KEY)
+        actual = read(value)
+        return (value, typname, kind, actual, None if actual is None else (kind, actual))
+
+    return reading
+
+
+_TYPED_READINGS: Final[Mapping[str | None, Callable[[object, str | None], Reading]]] = {
+    **dict.fromkeys(("text", "varchar", "bpchar", "uuid", "citext", "name"), _text_reading),
+    **{typname: _declared_reading(kind) for typname, kind in _TYPNAME_KINDS.items()},
+}
 
 
 _RECORDS: Final[Mapping[str, Callable[[EventView], dict[str, Any]]]] = {
@@ -607,15 +648,15 @@ def _equal_test(value: str) -> FieldTest:
     return lambda field, typname: _equal_verdict(field, typname, expected)
 
 
-# A rule builder makes a rule's check from (rule.value, the field, negated?) and
-# says on which index keys the (positive) rule holds, when it holds on those keys alone.
+# A rule builder makes a rule's check from (rule.value, the field, negated?), says on
+# which index keys the (positive) rule holds, when it holds on those keys alone, and may
+# give the check as an expression to inline (`Inline`, see `flowd.classify_index`).
 Fetch = Callable[[EventView], Reading]
-RuleBuilder = Callable[[str, _FieldAddress, bool], tuple[RuleCheck, frozenset[Hashable] | None]]
+Built = tuple[RuleCheck, frozenset[Hashable] | None, Inline | None]
+RuleBuilder = Callable[[str, _FieldAddress, bool], Built]
 
 
-def _equal_rule(
-    value: str, field: _FieldAddress, negated: bool
-) -> tuple[RuleCheck, frozenset[Hashable] | None]:
+def _equal_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
     expected = _RuleValue.read(value)
     wanted_by_kind = {
         kind: None if (wanted := expected.as_kind[kind]) is None else frozenset({wanted})
@@ -624,9 +665,7 @@ def _equal_rule(
     return _keyed_rule(wanted_by_kind, field, negated)
 
 
-def _in_rule(
-    value: str, field: _FieldAddress, negated: bool
-) -> tuple[RuleCheck, frozenset[Hashable] | None]:
+def _in_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
     items = _parse_in_items(value)
     wanted_by_kind = {kind: _readings_as(kind, items) for kind in _SCALAR_KINDS}
     return _keyed_rule(wanted_by_kind, field, negated)
@@ -636,7 +675,7 @@ def _keyed_rule(
     wanted_by_kind: Mapping[_Kind, frozenset[Scalar] | None],
     field: _FieldAddress,
     negated: bool,
-) -> tuple[RuleCheck, frozenset[Hashable] | None]:
+) -> Built:
     """`=`/`IN` as a set of reading keys: the rule holds when the field's key is one of them.
 
     A kind `rule.value` cannot be read as makes the rule and its negation false."""
@@ -653,12 +692,13 @@ def _keyed_rule(
         reading = view.readings.get(key) or read(view)
         return reading[2] not in unreadable and reading[4] not in keys
 
-    return (holds_not, None) if negated else (holds, keys)
+    if negated:
+        inline = "({r}[2] not in {c}unreadable and {r}[4] not in {c}keys)"
+        return holds_not, None, (inline, {"unreadable": unreadable, "keys": keys})
+    return holds, keys, ("{r}[4] in {c}keys", {"keys": keys})
 
 
-def _null_rule(
-    value: str, field: _FieldAddress, negated: bool
-) -> tuple[RuleCheck, frozenset[Hashable] | None]:
+def _null_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
     key, read = field.key, field.reader()
 
     def holds(view: EventView) -> bool:
@@ -667,11 +707,13 @@ def _null_rule(
     def holds_not(view: EventView) -> bool:
         return (view.readings.get(key) or read(view))[4] is not NULL_KEY
 
-    return (holds_not, None) if negated else (holds, frozenset({NULL_KEY}))
+    if negated:
+        return holds_not, None, ("{r}[4] is not {c}null", {"null": NULL_KEY})
+    return holds, frozenset({NULL_KEY}), ("{r}[4] is {c}null", {"null": NULL_KEY})
 
 
 def _order_rule(order: Callable[[Any, Any], Any]) -> RuleBuilder:
-    def build(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
+    def build(value: str, field: _FieldAddress, negated: bool) -> Built:
         expected = _RuleValue.read(value)
         key, read = field.key, field.reader()
         bounds = {kind: expected.as_kind[kind] for kind in _ORDERED_KINDS}
@@ -683,12 +725,16 @@ def _order_rule(order: Callable[[Any, Any], Any]) -> RuleBuilder:
             bound = bounds.get(kind)
             return bound is not None and actual is not None and bool(order(actual, bound))
 
-        return holds, None
+        inline = (
+            "(({c}bound := {c}bounds.get({r}[2])) is not None"
+            " and {r}[3] is not None and {c}order({r}[3], {c}bound))"
+        )
+        return holds, None, (inline, {"bounds": bounds, "order": order})
 
     return build
 
 
-def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
+def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
     expected = _RuleValue.read(value)
     holds_on = _FAILS if negated else _HOLDS
     key, read = field.key, field.reader()
@@ -697,23 +743,24 @@ def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> tuple[Rul
         value, typname, _, _, _ = view.readings.get(key) or read(view)
         return _contains_verdict(value, typname, expected) is holds_on
 
-    return holds, None
+    return holds, None, None
 
 
 def _text_rule(test: Callable[[str, str], bool]) -> RuleBuilder:
-    def build(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
+    def build(value: str, field: _FieldAddress, negated: bool) -> Built:
         key, read = field.key, field.reader()
 
         def holds(view: EventView) -> bool:
             _, _, kind, text, _ = view.readings.get(key) or read(view)
             return kind is _Kind.TEXT and isinstance(text, str) and test(text, value)
 
-        return holds, None
+        inline = "({r}[2] is {c}text and isinstance({r}[3], str) and {c}test({r}[3], {c}value))"
+        return holds, None, (inline, {"text": _Kind.TEXT, "test": test, "value": value})
 
     return build
 
 
-def _matches_rule(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
+def _matches_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
     try:
         search = re.compile(value).search
     except (re.error, OverflowError, RecursionError) as error:
@@ -724,7 +771,8 @@ def _matches_rule(value: str, field: _FieldAddress, negated: bool) -> tuple[Rule
         _, _, kind, text, _ = view.readings.get(key) or read(view)
         return kind is _Kind.TEXT and isinstance(text, str) and search(text) is not None
 
-    return holds, None
+    inline = "({r}[2] is {c}text and isinstance({r}[3], str) and {c}search({r}[3]) is not None)"
+    return holds, None, (inline, {"text": _Kind.TEXT, "search": search})
 
 
 def _readings_as(kind: _Kind, items: Iterable[_RuleValue | None]) -> frozenset[Scalar] | None:
@@ -829,8 +877,8 @@ def _rule_plan(field: str, operator_text: str, value: str | None) -> RulePlan:
         check = _changed_check(operator_name, address, value)
         return RulePlan(check, address.key, None, None, True)
     positive = _NEGATED.get(operator_name, operator_name)
-    check, keys = _RULE_BUILDERS[positive](value or "", address, positive != operator_name)
-    return RulePlan(check, address.key, address.reader(), keys, False)
+    check, keys, inline = _RULE_BUILDERS[positive](value or "", address, positive != operator_name)
+    return RulePlan(check, address.key, address.reader(), keys, False, inline)
 
 
 def _changed_check(operator_name: str, address: _FieldAddress, value: str | None) -> RuleCheck:

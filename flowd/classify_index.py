@@ -8,7 +8,7 @@ event only tries those its values select (see `Bucket`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -24,6 +24,7 @@ __all__ = [
     "Classification",
     "FlowPlan",
     "FlowPredicate",
+    "Inline",
     "RuleCheck",
     "RulePlan",
 ]
@@ -35,6 +36,12 @@ RuleCheck = Callable[["EventView"], bool | None]
 
 FlowPredicate = Callable[["EventView"], tuple[bool, bool]]
 """A flow's compiled rules: (matched, needs_full_identity)."""
+
+Inline = tuple[str, Mapping[str, object]]
+"""A rule's check as a Python expression, and the values it names. In the text, `{r}`
+stands for the field's reading and `{c}` for the prefix its names are given; every value
+(rule.value read as each kind, key sets, bounds, functions) is passed by name, never
+written into the text."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ class RulePlan:
     read: Fetch | None  # reads that field in an event (`_FieldAddress.reader`); None for CHANGED*
     keys: frozenset[Hashable] | None  # the reading keys on which it holds, if only on those
     changes: bool  # CHANGED*: reads the old row, and never holds outside UPDATE
+    inline: Inline | None = None  # `check` as an expression over the field's reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +117,11 @@ class FlowPlan:
         checks = tuple(rule.check for rule in rules)
         return all_hold(checks) if self.match_all else any_holds(checks)
 
-    def filing(self, change_type: str) -> list[tuple[RulePlan | None, FlowPredicate | None]]:
+    def filing(self, change_type: str) -> list[tuple[RulePlan | None, tuple[RulePlan, ...]]]:
         """How to find the flow among those of one change type (see `Bucket`).
 
-        [(rule, rest)]: file it under `rule`'s keys, then check `rest` (None: it matched);
-        [(None, predicate)]: try it on every event; []: it can never match.
+        [(rule, rest)]: file it under `rule`'s keys, then check the rules `rest` (none: it
+        matched); [(None, rules)]: try `rules` on every event; []: it can never match.
         """
         rules = self.rules
         if change_type != "UPDATE" and any(rule.changes for rule in rules):
@@ -128,16 +136,16 @@ class FlowPlan:
             keyed = [rule for rule in leading if rule.keys is not None]
             if keyed:
                 key_rule = min(keyed, key=_selectivity)
-                return [(key_rule, self.predicate(r for r in rules if r is not key_rule))]
+                return [(key_rule, tuple(r for r in rules if r is not key_rule))]
         elif not any(rule.changes for rule in rules):
             # no CHANGED*, so no report to keep in order: each keyed rule that holds is a
             # match, and only the other rules are tried on every event
-            filed: list[tuple[RulePlan | None, FlowPredicate | None]]
-            filed = [(rule, None) for rule in rules if rule.keys is not None]
-            others = [rule for rule in rules if rule.keys is None]
+            filed: list[tuple[RulePlan | None, tuple[RulePlan, ...]]]
+            filed = [(rule, ()) for rule in rules if rule.keys is not None]
+            others = tuple(rule for rule in rules if rule.keys is None)
             if filed:
-                return filed + ([(None, self.predicate(others))] if others else [])
-        return [(None, self.predicate(rules))]
+                return filed + ([(None, others)] if others else [])
+        return [(None, rules)]
 
 
 def _selectivity(rule: RulePlan) -> tuple[bool, int]:
@@ -147,6 +155,10 @@ def _selectivity(rule: RulePlan) -> tuple[bool, int]:
 
 
 _Entry = tuple[Flow, FlowPredicate | None]
+# A flow tried on every event: with its plan and the rules to try, or its predicate alone.
+_Scanned = tuple[Flow, FlowPlan, tuple[RulePlan, ...]] | tuple[Flow, None, FlowPredicate]
+_Add = Callable[[Flow], None]
+Scanner = Callable[["EventView", _Add, _Add], None]
 
 
 class Bucket:
@@ -160,27 +172,29 @@ class Bucket:
     never holds: flows that need one are left out, and those that may use one drop it.
     """
 
-    __slots__ = ("_indexes", "_scanned")
+    __slots__ = ("_indexes", "_scan")
 
     def __init__(self, change_type: str, flows: Iterable[CompiledFlow]) -> None:
-        scanned: list[tuple[Flow, FlowPredicate]] = []
+        scanned: list[_Scanned] = []
         fetchers: dict[str, Fetch] = {}
         filed: dict[str, dict[Hashable, list[_Entry]]] = {}
         for compiled in flows:
             plan = compiled.plan
-            filing = [(None, compiled.predicate)] if plan is None else plan.filing(change_type)
-            for rule, rest in filing:
+            if plan is None:
+                scanned.append((compiled.flow, None, compiled.predicate))
+                continue
+            for rule, rules in plan.filing(change_type):
                 if rule is None:
-                    assert rest is not None
-                    scanned.append((compiled.flow, rest))
+                    scanned.append((compiled.flow, plan, rules))
                     continue
                 assert rule.keys is not None
                 assert rule.read is not None
+                rest = plan.predicate(rules) if rules else None
                 by_key = filed.setdefault(rule.field_key, {})
                 for key in rule.keys:
                     by_key.setdefault(key, []).append((compiled.flow, rest))
                 fetchers.setdefault(rule.field_key, rule.read)
-        self._scanned = tuple(scanned)
+        self._scan = _scanner(scanned) if scanned else None
         self._indexes = tuple(
             (field_key, fetchers[field_key], {k: tuple(entries) for k, entries in by_key.items()})
             for field_key, by_key in filed.items()
@@ -189,12 +203,8 @@ class Bucket:
     def classify(self, view: EventView) -> Classification:
         matched: list[Flow] = []
         lacking_identity: list[Flow] = []
-        for flow, predicate in self._scanned:
-            is_match, needs_full_identity = predicate(view)
-            if is_match:
-                matched.append(flow)
-            if needs_full_identity:
-                lacking_identity.append(flow)
+        if self._scan is not None:
+            self._scan(view, matched.append, lacking_identity.append)
         found = False
         readings = view.readings
         for key, read, entries_by_key in self._indexes:
@@ -222,3 +232,79 @@ def _ascending(flows: Iterable[Flow]) -> tuple[Flow, ...]:
     """Once each, ascending id."""
     by_id = {flow.flow_id: flow for flow in flows}
     return tuple(by_id[flow_id] for flow_id in sorted(by_id))
+
+
+class _Source:
+    """The text of one generated scanner, and the values its names stand for."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.values: dict[str, object] = {}
+        self._readings: dict[str, str] = {}  # field key → local holding its reading
+
+    def name(self, value: object) -> str:
+        name = f"_v{len(self.values)}"
+        self.values[name] = value
+        return name
+
+    def reading(self, rule: RulePlan) -> str:
+        """An expression for the rule's field reading: read once, shared with the closures."""
+        local = self._readings.get(rule.field_key)
+        if local is None:
+            local = self._readings[rule.field_key] = f"r{len(self._readings)}"
+            self.values[f"_k{local}"] = rule.field_key
+            self.values[f"_read{local}"] = rule.read
+        return f"({local} or ({local} := get(_k{local}) or _read{local}(view)))"
+
+    def check(self, rule: RulePlan) -> str:
+        if rule.inline is None or rule.read is None:
+            return f"{self.name(rule.check)}(view)"
+        template, values = rule.inline
+        prefix = f"_p{len(self.values)}_"
+        self.values.update({prefix + suffix: value for suffix, value in values.items()})
+        return template.replace("{r}", self.reading(rule)).replace("{c}", prefix)
+
+    def flow(self, entry: _Scanned) -> None:
+        flow = self.name(entry[0])
+        if entry[1] is None or (not entry[1].match_all and any(r.changes for r in entry[2])):
+            # an ANY flow with a CHANGED* rule reports in rule order: its own predicate does
+            predicate = self.name(entry[2] if entry[1] is None else entry[1].predicate(entry[2]))
+            self.lines += [
+                f"    is_match, lacks = {predicate}(view)",
+                f"    if is_match: matched({flow})",
+                f"    if lacks: lacking({flow})",
+            ]
+        elif entry[1].match_all:
+            # `and` yields the first falsy verdict: None means the old row lacked the field
+            verdict = " and ".join(self.check(rule) for rule in entry[2]) or "True"
+            self.lines += [
+                f"    verdict = {verdict}",
+                f"    if verdict: matched({flow})",
+                f"    elif verdict is None: lacking({flow})",
+            ]
+        else:
+            self.lines.append(
+                f"    if {' or '.join(self.check(rule) for rule in entry[2]) or 'True'}:"
+                f" matched({flow})"
+            )
+
+    def function(self) -> Scanner:
+        head = ["def scan(view, matched, lacking):", "    get = view.readings.get"]
+        if self._readings:
+            head.append(f"    {' = '.join(self._readings.values())} = None")
+        namespace = dict(self.values)
+        exec(compile("\n".join(head + self.lines), "<flowd.classify_index>", "exec"), namespace)
+        scan: Scanner = namespace["scan"]  # type: ignore[assignment]
+        return scan
+
+
+def _scanner(scanned: Sequence[_Scanned]) -> Scanner:
+    """One generated function trying every scanned flow in turn, its checks inline.
+
+    Saves a Python call per flow and per rule over calling the compiled predicates; a
+    field's reading is kept in a local as well as in `view.readings`, where the closures
+    of the checks not inlined (CONTAINS, CHANGED*) find it."""
+    source = _Source()
+    for entry in scanned:
+        source.flow(entry)
+    return source.function()
