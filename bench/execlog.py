@@ -134,7 +134,7 @@ async def _measure(size: int, runs: int) -> tuple[list[float], list[float]]:
 
 def run(quick: bool, runs: int) -> str:
     """The section's Markdown."""
-    size = 500 if quick else 20_000
+    size = 500 if quick else 10_000
     flowd, plain = asyncio.run(_measure(size, runs))
     measured = Samples(tuple(flowd), "rows/s")
     rows = [

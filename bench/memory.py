@@ -2,24 +2,18 @@
 
 Classifier: a child process (`python -m bench.memory MODE FLOWS EVENTS`) imports flowd,
 builds what MODE says and prints its resident set (VmRSS) and peak (VmHWM) in kB from
-/proc/self/status. Daemon: the real `flowd run` (durable) on a TemporaryCluster, its
-VmRSS a second after it started taking events, and its VmHWM once a burst committed
-while it runs is handled. The baselines are the same processes with no flows loaded.
+/proc/self/status. Daemon: the real `flowd run` on a TemporaryCluster (`bench.daemon_memory`).
+The baselines are the same processes with no flows loaded.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import asyncpg
-
-from bench.daemon import CAPTURE_SQL, Flowd, Server, insert_tasks, status_kib, wait_until_handled
-from bench.execlog import add_idle_flows
 from bench.report import Row, Samples, render
 
 __all__ = ["run"]
@@ -58,72 +52,11 @@ def _measure(mode: str, flow_count: int, event_count: int) -> dict[str, int]:
     return result
 
 
-# Issue 6's targets for the daemon, MiB.
-TARGET_IDLE_MIB, TARGET_PEAK_MIB = 50, 150
-
-
-async def _daemon_rss(url: str, burst: range | None) -> tuple[int, int]:
-    """(VmRSS a second after start, VmHWM after `burst` was committed and handled), KiB."""
-    flowd = await Flowd({"DATABASE_URL": url, "FLOWD_DELIVERY": "durable"}).start(
-        "eventlog.started"
-    )
-    try:
-        await asyncio.sleep(1.0)
-        idle = status_kib(flowd.pid, "VmRSS")
-        if burst is not None:
-            await insert_tasks(url, burst)
-            await wait_until_handled(url)
-        return idle, status_kib(flowd.pid, "VmHWM")
-    finally:
-        await flowd.stop()
-
-
-async def _daemon(flow_count: int, event_count: int, runs: int) -> list[list[int]]:
-    """[no flows idle, flows idle, flows peak] in KiB, a value per run each."""
-    figures: list[list[int]] = [[], [], []]
-    with Server() as server:
-        empty_url, url = await server.database(), await server.database()
-        connection = await asyncpg.connect(url)
-        try:
-            await connection.execute(CAPTURE_SQL)
-            await add_idle_flows(connection, flow_count)
-        finally:
-            await connection.close()
-        for run in range(runs):
-            figures[0].append((await _daemon_rss(empty_url, None))[0])
-            burst = range(1 + run * event_count, 1 + (run + 1) * event_count)
-            idle, peak = await _daemon_rss(url, burst)
-            figures[1].append(idle)
-            figures[2].append(peak)
-    return figures
-
-
 def _daemon_rows(quick: bool, runs: int) -> list[Row]:
-    flow_count, event_count = (20, 1000) if quick else (1000, 100_000)
-    empty, idle, peak = asyncio.run(_daemon(flow_count, event_count, runs))
+    # Imported here: the classifier's child processes must not load the daemon's imports.
+    from bench import daemon_memory
 
-    def mib(values: list[int]) -> Samples:
-        return Samples(tuple(v / 1024 for v in values), "MiB", lower_is_better=True)
-
-    idle_mib, peak_mib = mib(idle), mib(peak)
-    return [
-        Row(
-            f"`flowd run` idle RSS, {flow_count:,} flows, connections open",
-            idle_mib,
-            mib(empty),
-            "no flows",
-            f"≤ {TARGET_IDLE_MIB} MiB",
-            idle_mib.median <= TARGET_IDLE_MIB,
-        ),
-        Row(
-            f"`flowd run` peak RSS through {event_count:,} events",
-            peak_mib,
-            mib(empty),
-            "no flows, idle",
-            f"≤ {TARGET_PEAK_MIB} MiB",
-            peak_mib.median <= TARGET_PEAK_MIB,
-        ),
-    ]
+    return daemon_memory.rows(quick, runs)
 
 
 def run(quick: bool, runs: int) -> str:
