@@ -172,7 +172,7 @@ class Bucket:
     never holds: flows that need one are left out, and those that may use one drop it.
     """
 
-    __slots__ = ("_indexes", "_scan")
+    __slots__ = ("_indexes", "_scan", "_scanned")
 
     def __init__(self, change_type: str, flows: Iterable[CompiledFlow]) -> None:
         scanned: list[_Scanned] = []
@@ -194,17 +194,23 @@ class Bucket:
                 for key in rule.keys:
                     by_key.setdefault(key, []).append((compiled.flow, rest))
                 fetchers.setdefault(rule.field_key, rule.read)
-        self._scan = _scanner(scanned) if scanned else None
+        self._scanned = tuple(scanned)
+        self._scan: Scanner | None = None  # generated on the first event: loading stays quick
         self._indexes = tuple(
             (field_key, fetchers[field_key], {k: tuple(entries) for k, entries in by_key.items()})
             for field_key, by_key in filed.items()
         )
 
+    def _generate(self) -> Scanner:
+        self._scan = _scanner(self._scanned)
+        return self._scan
+
     def classify(self, view: EventView) -> Classification:
         matched: list[Flow] = []
         lacking_identity: list[Flow] = []
-        if self._scan is not None:
-            self._scan(view, matched.append, lacking_identity.append)
+        if self._scanned:
+            scan = self._scan or self._generate()
+            scan(view, matched.append, lacking_identity.append)
         found = False
         readings = view.readings
         for key, read, entries_by_key in self._indexes:
