@@ -17,12 +17,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import classifier, memory
+from bench import classifier, execlog, memory, pipeline
 from bench.report import machine
 
 SECTIONS: dict[str, Callable[[bool, int], str]] = {
     "classifier": classifier.run,
     "memory": memory.run,
+    "pipeline": pipeline.run,
+    "execlog": execlog.run,
 }
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 REPORT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"

@@ -19,7 +19,6 @@ whatever the operator.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import math
 import operator
@@ -31,6 +30,17 @@ from decimal import Decimal, InvalidOperation
 from enum import Enum, StrEnum
 from typing import Any, Final
 
+from flowd.classify_index import (
+    NOTHING_MATCHED,
+    NULL_KEY,
+    Bucket,
+    Classification,
+    FlowPlan,
+    FlowPredicate,
+    Inline,
+    RuleCheck,
+    RulePlan,
+)
 from flowd.errors import FlowDefinitionError
 from flowd.models import ChangeEvent, ChangeType, Flow, Rule
 from flowd.reltime import evaluation_time, parse_relative
@@ -86,15 +96,8 @@ class EventView:
 
 Reading = tuple[object, str | None, "_Kind", "Scalar | None", Hashable | None]
 """A field as one event holds it, read once: (value, type name, kind, value read as that
-kind or None, index key). The key is `(kind, reading)`, `_NULL_KEY` for null or missing,
+kind or None, index key). The key is `(kind, reading)`, `NULL_KEY` for null or missing,
 or None for a value that cannot be read as its own type."""
-
-RuleCheck = Callable[[EventView], bool | None]
-"""One compiled rule: True/False, or None for "false because `old` lacks the field"."""
-
-FlowPredicate = Callable[[EventView], tuple[bool, bool]]
-"""A flow's compiled rules: (matched, needs_full_identity)."""
-
 
 # --------------------------------------------------------------------------- public API
 
@@ -110,22 +113,11 @@ class CompiledFlow:
     flow: Flow
     binding: tuple[str, str, str]  # (schema, table, INSERT/UPDATE/DELETE or "*")
     predicate: FlowPredicate
-    plan: _FlowPlan | None = None
+    plan: FlowPlan | None = None
 
     def evaluate(self, event: ChangeEvent) -> tuple[bool, bool]:
         """(matched, needs_full_identity) of the rules alone, whatever the event's table."""
         return self.predicate(EventView(event))
-
-
-@dataclass(frozen=True)
-class Classification:
-    """The flows an event matched, and those that could not tell without the old row."""
-
-    flows: tuple[Flow, ...]
-    needs_full_identity: tuple[Flow, ...]
-
-
-_NOTHING_MATCHED: Final = Classification((), ())
 
 
 class FlowIndex:
@@ -133,7 +125,7 @@ class FlowIndex:
 
     An event never looks at flows of other tables. Within its table and type, a flow
     with an `=`, `IN` or `IS_NULL` rule that must hold is filed under the values that
-    make it hold (see `_Bucket`), so an event only tries the flows its values select.
+    make it hold (see `Bucket`), so an event only tries the flows its values select.
     """
 
     __slots__ = ("_by_event_kind", "_compiled")
@@ -149,14 +141,14 @@ class FlowIndex:
             for change_type in change_types:
                 by_event_kind.setdefault((schema, table, change_type), []).append(compiled)
         self._by_event_kind = {
-            key: _Bucket(key[2], compiled) for key, compiled in by_event_kind.items()
+            key: Bucket(key[2], compiled) for key, compiled in by_event_kind.items()
         }
 
     def classify(self, event: ChangeEvent) -> Classification:
         """The enabled flows of the event's table and type whose rules hold, ascending id."""
         bucket = self._by_event_kind.get((event.schema_name, event.table, event.type))
         if bucket is None:
-            return _NOTHING_MATCHED
+            return NOTHING_MATCHED
         return bucket.classify(EventView(event))
 
     def __len__(self) -> int:
@@ -180,7 +172,7 @@ def compile_flow(flow: Flow) -> CompiledFlow:
         _compile_rule(flow.flow_id, position, rule)
         for position, rule in enumerate(flow.rules, start=1)
     )
-    plan = _FlowPlan(match_all, rules)
+    plan = FlowPlan(match_all, rules)
     return CompiledFlow(flow, binding, plan.predicate(rules), plan)
 
 
@@ -368,14 +360,11 @@ _FIELD_READERS: Final[Mapping[_Kind, Callable[[object], Scalar | None]]] = {
 }
 
 
-_NULL_KEY: Final = "null"  # the reading key of a null or missing field
-
-
 def _reading(value: object, typname: str | None) -> Reading:
     """A field's value read once: its kind, its value as that kind, its index key."""
     kind = _kind_of(value, typname)
     if value is None or value is _MISSING:
-        return (value, typname, kind, None, _NULL_KEY)
+        return (value, typname, kind, None, NULL_KEY)
     reader = _FIELD_READERS.get(kind)
     actual = None if reader is None else reader(value)
     return (value, typname, kind, actual, None if actual is None else (kind, actual))
@@ -453,6 +442,8 @@ class _FieldAddress:
 
         A rule asks `view.readings.get(key) or read(view)`: the first one reads."""
         key = self.key
+        if not self.steps:
+            return _column_reader(key, self.record, self.column)
         resolve = self.resolve
 
         def read(view: EventView) -> Reading:
@@ -460,6 +451,44 @@ class _FieldAddress:
             return reading
 
         return read
+
+
+def _column_reader(key: str, record: Callable[[EventView], dict[str, Any]], column: str) -> Fetch:
+    """`_FieldAddress.reader` of a top-level column: read by its column type's own reader."""
+
+    def read(view: EventView) -> Reading:
+        typname = view.column_types.get(column)
+        value = record(view).get(column, _MISSING)
+        reading = view.readings[key] = _TYPED_READINGS.get(typname, _reading)(value, typname)
+        return reading
+
+    return read
+
+
+# `_reading` for a column whose type alone says how it is read, without working out the
+# kind of each value: a declared kind (number, boolean, instant), or text for a string.
+def _text_reading(value: object, typname: str | None) -> Reading:
+    if type(value) is str:
+        return (value, typname, _Kind.TEXT, value, (_Kind.TEXT, value))
+    return _reading(value, typname)
+
+
+def _declared_reading(kind: _Kind) -> Callable[[object, str | None], Reading]:
+    read = _FIELD_READERS[kind]
+
+    def reading(value: object, typname: str | None) -> Reading:
+        if value is None or value is _MISSING:
+            return (value, typname, kind, None, NULL_KEY)
+        actual = read(value)
+        return (value, typname, kind, actual, None if actual is None else (kind, actual))
+
+    return reading
+
+
+_TYPED_READINGS: Final[Mapping[str | None, Callable[[object, str | None], Reading]]] = {
+    **dict.fromkeys(("text", "varchar", "bpchar", "uuid", "citext", "name"), _text_reading),
+    **{typname: _declared_reading(kind) for typname, kind in _TYPNAME_KINDS.items()},
+}
 
 
 _RECORDS: Final[Mapping[str, Callable[[EventView], dict[str, Any]]]] = {
@@ -628,15 +657,15 @@ def _equal_test(value: str) -> FieldTest:
     return lambda field, typname: _equal_verdict(field, typname, expected)
 
 
-# A rule builder makes a rule's check from (rule.value, the field, negated?) and
-# says on which index keys the (positive) rule holds, when it holds on those keys alone.
+# A rule builder makes a rule's check from (rule.value, the field, negated?), says on
+# which index keys the (positive) rule holds, when it holds on those keys alone, and may
+# give the check as an expression to inline (`Inline`, see `flowd.classify_index`).
 Fetch = Callable[[EventView], Reading]
-RuleBuilder = Callable[[str, _FieldAddress, bool], tuple[RuleCheck, frozenset[Hashable] | None]]
+Built = tuple[RuleCheck, frozenset[Hashable] | None, Inline | None]
+RuleBuilder = Callable[[str, _FieldAddress, bool], Built]
 
 
-def _equal_rule(
-    value: str, field: _FieldAddress, negated: bool
-) -> tuple[RuleCheck, frozenset[Hashable] | None]:
+def _equal_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
     expected = _RuleValue.read(value)
     wanted_by_kind = {
         kind: None if (wanted := expected.as_kind[kind]) is None else frozenset({wanted})
@@ -645,9 +674,7 @@ def _equal_rule(
     return _keyed_rule(wanted_by_kind, field, negated)
 
 
-def _in_rule(
-    value: str, field: _FieldAddress, negated: bool
-) -> tuple[RuleCheck, frozenset[Hashable] | None]:
+def _in_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
     items = _parse_in_items(value)
     wanted_by_kind = {kind: _readings_as(kind, items) for kind in _SCALAR_KINDS}
     return _keyed_rule(wanted_by_kind, field, negated)
@@ -657,7 +684,7 @@ def _keyed_rule(
     wanted_by_kind: Mapping[_Kind, frozenset[Scalar] | None],
     field: _FieldAddress,
     negated: bool,
-) -> tuple[RuleCheck, frozenset[Hashable] | None]:
+) -> Built:
     """`=`/`IN` as a set of reading keys: the rule holds when the field's key is one of them.
 
     A kind `rule.value` cannot be read as makes the rule and its negation false."""
@@ -674,39 +701,46 @@ def _keyed_rule(
         reading = view.readings.get(key) or read(view)
         return reading[2] not in unreadable and reading[4] not in keys
 
-    return (holds_not, None) if negated else (holds, keys)
+    if negated:
+        inline = "({r}[2] not in {c}unreadable and {r}[4] not in {c}keys)"
+        return holds_not, None, (inline, {"unreadable": unreadable, "keys": keys})
+    return holds, keys, ("{r}[4] in {c}keys", {"keys": keys})
 
 
-def _null_rule(
-    value: str, field: _FieldAddress, negated: bool
-) -> tuple[RuleCheck, frozenset[Hashable] | None]:
+def _null_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
     key, read = field.key, field.reader()
 
     def holds(view: EventView) -> bool:
-        return (view.readings.get(key) or read(view))[4] is _NULL_KEY
+        return (view.readings.get(key) or read(view))[4] is NULL_KEY
 
     def holds_not(view: EventView) -> bool:
-        return (view.readings.get(key) or read(view))[4] is not _NULL_KEY
+        return (view.readings.get(key) or read(view))[4] is not NULL_KEY
 
-    return (holds_not, None) if negated else (holds, frozenset({_NULL_KEY}))
+    if negated:
+        return holds_not, None, ("{r}[4] is not {c}null", {"null": NULL_KEY})
+    return holds, frozenset({NULL_KEY}), ("{r}[4] is {c}null", {"null": NULL_KEY})
 
 
 def _order_rule(order: Callable[[Any, Any], Any]) -> RuleBuilder:
-    def build(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
+    def build(value: str, field: _FieldAddress, negated: bool) -> Built:
         expected = _RuleValue.read(value)
         key, read = field.key, field.reader()
         bounds = {kind: expected.as_kind[kind] for kind in _ORDERED_KINDS}
         if expected.as_kind[_Kind.NUMBER] is not None:
             bounds[_Kind.TEXT] = None  # text against a number: "10" would sort before "9"
         if (offset := expected.offset) is not None:
-            return _relative_order_rule(order, offset, field), None
+            return _relative_order_rule(order, offset, field), None, None
 
         def holds(view: EventView) -> bool:
             _, _, kind, actual, _ = view.readings.get(key) or read(view)
             bound = bounds.get(kind)
             return bound is not None and actual is not None and bool(order(actual, bound))
 
-        return holds, None
+        inline = (
+            "(({c}bound := {c}bounds.get({r}[2])) is not None"
+            " and {r}[3] is not None and {c}order({r}[3], {c}bound))"
+        )
+        return holds, None, (inline, {"bounds": bounds, "order": order})
 
     return build
 
@@ -726,7 +760,7 @@ def _relative_order_rule(
     return holds
 
 
-def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
+def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
     expected = _RuleValue.read(value)
     holds_on = _FAILS if negated else _HOLDS
     key, read = field.key, field.reader()
@@ -735,23 +769,24 @@ def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> tuple[Rul
         value, typname, _, _, _ = view.readings.get(key) or read(view)
         return _contains_verdict(value, typname, expected) is holds_on
 
-    return holds, None
+    return holds, None, None
 
 
 def _text_rule(test: Callable[[str, str], bool]) -> RuleBuilder:
-    def build(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
+    def build(value: str, field: _FieldAddress, negated: bool) -> Built:
         key, read = field.key, field.reader()
 
         def holds(view: EventView) -> bool:
             _, _, kind, text, _ = view.readings.get(key) or read(view)
             return kind is _Kind.TEXT and isinstance(text, str) and test(text, value)
 
-        return holds, None
+        inline = "({r}[2] is {c}text and isinstance({r}[3], str) and {c}test({r}[3], {c}value))"
+        return holds, None, (inline, {"text": _Kind.TEXT, "test": test, "value": value})
 
     return build
 
 
-def _matches_rule(value: str, field: _FieldAddress, negated: bool) -> tuple[RuleCheck, None]:
+def _matches_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
     try:
         search = re.compile(value).search
     except (re.error, OverflowError, RecursionError) as error:
@@ -762,7 +797,8 @@ def _matches_rule(value: str, field: _FieldAddress, negated: bool) -> tuple[Rule
         _, _, kind, text, _ = view.readings.get(key) or read(view)
         return kind is _Kind.TEXT and isinstance(text, str) and search(text) is not None
 
-    return holds, None
+    inline = "({r}[2] is {c}text and isinstance({r}[3], str) and {c}search({r}[3]) is not None)"
+    return holds, None, (inline, {"text": _Kind.TEXT, "search": search})
 
 
 def _readings_as(kind: _Kind, items: Iterable[_RuleValue | None]) -> frozenset[Scalar] | None:
@@ -850,7 +886,7 @@ def _rule_location(position: int, rule: Rule) -> str:
     return f"rule #{position} (field {rule.field})" if rule.field else f"rule #{position}"
 
 
-def _compile_rule(flow_id: int, position: int, rule: Rule) -> _RulePlan:
+def _compile_rule(flow_id: int, position: int, rule: Rule) -> RulePlan:
     try:
         return _rule_plan(rule.field, rule.operator, rule.value)
     except _Refused as refused:
@@ -858,17 +894,17 @@ def _compile_rule(flow_id: int, position: int, rule: Rule) -> _RulePlan:
 
 
 @functools.lru_cache(maxsize=16384)  # flows repeat rules; a plan is immutable and shareable
-def _rule_plan(field: str, operator_text: str, value: str | None) -> _RulePlan:
+def _rule_plan(field: str, operator_text: str, value: str | None) -> RulePlan:
     operator_name = _normalise_operator(operator_text)
     address = _parse_field(field)
     if value is None and operator_name not in _VALUE_FREE_OPERATORS:
         raise _Refused(f"operator {operator_name} needs a value")
     if operator_name in _CHANGE_OPERATORS:
         check = _changed_check(operator_name, address, value)
-        return _RulePlan(check, address.key, None, None, True)
+        return RulePlan(check, address.key, None, None, True)
     positive = _NEGATED.get(operator_name, operator_name)
-    check, keys = _RULE_BUILDERS[positive](value or "", address, positive != operator_name)
-    return _RulePlan(check, address.key, address.reader(), keys, False)
+    check, keys, inline = _RULE_BUILDERS[positive](value or "", address, positive != operator_name)
+    return RulePlan(check, address.key, address.reader(), keys, False, inline)
 
 
 def _changed_check(operator_name: str, address: _FieldAddress, value: str | None) -> RuleCheck:
@@ -894,179 +930,3 @@ def _changed_check(operator_name: str, address: _FieldAddress, value: str | None
         return then(new_value, new_typname) is _HOLDS
 
     return check
-
-
-def _all_hold(checks: tuple[RuleCheck, ...]) -> FlowPredicate:
-    if len(checks) == 1:
-        return _one_holds(checks[0])
-
-    def all_hold(view: EventView) -> tuple[bool, bool]:
-        for check in checks:
-            verdict = check(view)
-            if not verdict:
-                return False, verdict is None
-        return True, False
-
-    return all_hold
-
-
-def _one_holds(check: RuleCheck) -> FlowPredicate:
-    def one_holds(view: EventView) -> tuple[bool, bool]:
-        verdict = check(view)
-        return (True, False) if verdict else (False, verdict is None)
-
-    return one_holds
-
-
-def _any_holds(checks: tuple[RuleCheck, ...]) -> FlowPredicate:
-    if len(checks) == 1:
-        return _one_holds(checks[0])
-
-    def any_holds(view: EventView) -> tuple[bool, bool]:
-        lacking_identity = False
-        for check in checks:
-            verdict = check(view)
-            if verdict:
-                return True, lacking_identity
-            lacking_identity = lacking_identity or verdict is None
-        return not checks, lacking_identity
-
-    return any_holds
-
-
-# --------------------------------------------------------------------------- indexing
-
-
-@dataclass(frozen=True, slots=True)
-class _RulePlan:
-    """One compiled rule, and what the index needs to file its flow by it."""
-
-    check: RuleCheck
-    field_key: str  # the address of the field it reads (`_FieldAddress.key`)
-    read: Fetch | None  # reads that field in an event (`_FieldAddress.reader`); None for CHANGED*
-    keys: frozenset[Hashable] | None  # the reading keys on which it holds, if only on those
-    changes: bool  # CHANGED*: reads the old row, and never holds outside UPDATE
-
-
-@dataclass(frozen=True, slots=True)
-class _FlowPlan:
-    match_all: bool
-    rules: tuple[_RulePlan, ...]
-
-    def predicate(self, rules: Iterable[_RulePlan]) -> FlowPredicate:
-        checks = tuple(rule.check for rule in rules)
-        return _all_hold(checks) if self.match_all else _any_holds(checks)
-
-    def filing(self, change_type: str) -> list[tuple[_RulePlan | None, FlowPredicate | None]]:
-        """How to find the flow among those of one change type (see `_Bucket`).
-
-        [(rule, rest)]: file it under `rule`'s keys, then check `rest` (None: it matched);
-        [(None, predicate)]: try it on every event; []: it can never match.
-        """
-        rules = self.rules
-        if change_type != "UPDATE" and any(rule.changes for rule in rules):
-            if self.match_all:
-                return []
-            rules = tuple(rule for rule in rules if not rule.changes)
-            if not rules:
-                return []
-        if self.match_all:
-            # a rule after a CHANGED* one is not a key: the CHANGED* one may need reporting
-            leading = itertools.takewhile(lambda rule: not rule.changes, rules)
-            keyed = [rule for rule in leading if rule.keys is not None]
-            if keyed:
-                key_rule = min(keyed, key=_selectivity)
-                return [(key_rule, self.predicate(r for r in rules if r is not key_rule))]
-        elif not any(rule.changes for rule in rules):
-            # no CHANGED*, so no report to keep in order: each keyed rule that holds is a
-            # match, and only the other rules are tried on every event
-            filed: list[tuple[_RulePlan | None, FlowPredicate | None]]
-            filed = [(rule, None) for rule in rules if rule.keys is not None]
-            others = [rule for rule in rules if rule.keys is None]
-            if filed:
-                return filed + ([(None, self.predicate(others))] if others else [])
-        return [(None, self.predicate(rules))]
-
-
-def _selectivity(rule: _RulePlan) -> tuple[bool, int]:
-    """Smaller for the rule that lets fewer events through: not a null test, fewest keys."""
-    keys = rule.keys or frozenset()
-    return _NULL_KEY in keys, len(keys)
-
-
-_Entry = tuple[Flow, FlowPredicate | None]
-
-
-class _Bucket:
-    """The flows of one (schema, table, change type), filed so that an event tries few.
-
-    A flow whose rules must all hold, one of them an `=`, `IN` or `IS_NULL` ahead of any
-    CHANGED*, is filed under the reading keys on which that rule holds: an event tries it
-    only when the field's reading has one of those keys, then checks the other rules.
-    A flow any of whose rules may hold, each of them such a rule, is filed under each and
-    matches on a hit. Every other flow is tried on every event. Outside UPDATE, CHANGED*
-    never holds: flows that need one are left out, and those that may use one drop it.
-    """
-
-    __slots__ = ("_indexes", "_scanned")
-
-    def __init__(self, change_type: str, flows: Iterable[CompiledFlow]) -> None:
-        scanned: list[tuple[Flow, FlowPredicate]] = []
-        fetchers: dict[str, Fetch] = {}
-        filed: dict[str, dict[Hashable, list[_Entry]]] = {}
-        for compiled in flows:
-            plan = compiled.plan
-            filing = [(None, compiled.predicate)] if plan is None else plan.filing(change_type)
-            for rule, rest in filing:
-                if rule is None:
-                    assert rest is not None
-                    scanned.append((compiled.flow, rest))
-                    continue
-                assert rule.keys is not None
-                assert rule.read is not None
-                by_key = filed.setdefault(rule.field_key, {})
-                for key in rule.keys:
-                    by_key.setdefault(key, []).append((compiled.flow, rest))
-                fetchers.setdefault(rule.field_key, rule.read)
-        self._scanned = tuple(scanned)
-        self._indexes = tuple(
-            (field_key, fetchers[field_key], {k: tuple(entries) for k, entries in by_key.items()})
-            for field_key, by_key in filed.items()
-        )
-
-    def classify(self, view: EventView) -> Classification:
-        matched: list[Flow] = []
-        lacking_identity: list[Flow] = []
-        for flow, predicate in self._scanned:
-            is_match, needs_full_identity = predicate(view)
-            if is_match:
-                matched.append(flow)
-            if needs_full_identity:
-                lacking_identity.append(flow)
-        found = False
-        readings = view.readings
-        for key, read, entries_by_key in self._indexes:
-            entries = entries_by_key.get((readings.get(key) or read(view))[4])
-            if entries is None:
-                continue
-            found = True
-            for flow, rest in entries:
-                if rest is None:
-                    matched.append(flow)
-                    continue
-                is_match, needs_full_identity = rest(view)
-                if is_match:
-                    matched.append(flow)
-                if needs_full_identity:
-                    lacking_identity.append(flow)
-        if not matched and not lacking_identity:
-            return _NOTHING_MATCHED
-        if found:
-            return Classification(_ascending(matched), _ascending(lacking_identity))
-        return Classification(tuple(matched), tuple(lacking_identity))
-
-
-def _ascending(flows: Iterable[Flow]) -> tuple[Flow, ...]:
-    """Once each, ascending id."""
-    by_id = {flow.flow_id: flow for flow in flows}
-    return tuple(by_id[flow_id] for flow_id in sorted(by_id))
