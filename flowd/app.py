@@ -21,8 +21,10 @@ from flowd import flows as flow_store
 from flowd import logs
 from flowd.act import ActionRunner
 from flowd.catalog import Catalog
+from flowd.chain import OwnWrites
 from flowd.config import Settings
 from flowd.db import create_pool
+from flowd.engine import Engine
 from flowd.record import Recorder
 from flowd.secrets import Secrets
 
@@ -57,6 +59,25 @@ class App:
         """The flows that run, prepared (see `flows.prepare`)."""
         return await flow_store.prepare(
             await self.flow_definitions(flows_file), self.catalog, previous
+        )
+
+    def engine(
+        self,
+        flows: flow_store.FlowSet,
+        *,
+        durable: bool = False,
+        force: bool = False,
+        own_writes: OwnWrites | None = None,
+    ) -> Engine:
+        """An engine on these flows with this app's actions, execution log and settings."""
+        return Engine(
+            flows,
+            self.runner,
+            self.recorder,
+            force=force,
+            own_writes=own_writes,
+            max_chain_depth=self.settings.max_chain_depth,
+            durable=durable,
         )
 
     @property

@@ -10,6 +10,7 @@ expire, so a write whose event never comes is not remembered for ever.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,19 @@ class Cause:
 
     def then(self, flow_id: int) -> Cause:
         return Cause(self.depth + 1, (*self.flows, flow_id))
+
+    def to_json(self) -> str:
+        """As the capture trigger stores it (`flowd.cause`, `flow_events.cause`)."""
+        return json.dumps({"depth": self.depth, "flows": list(self.flows)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Cause:
+        """The inverse of `to_json`; ValueError when `text` is not one."""
+        try:
+            data = json.loads(text)
+            return cls(int(data["depth"]), tuple(int(flow) for flow in data["flows"]))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a cause: {text!r}") from exc
 
 
 EXTERNAL = Cause()

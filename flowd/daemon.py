@@ -25,7 +25,7 @@ from flowd.chain import Cause, OwnWrites
 from flowd.config import Settings
 from flowd.db import CONNECTION_LOST
 from flowd.engine import Engine
-from flowd.errors import EventError
+from flowd.errors import EventError, describe
 from flowd.flows import FlowSet
 from flowd.health import Health
 from flowd.logs import get_logger
@@ -180,7 +180,7 @@ class Daemon(abc.ABC, Generic[Item]):
             except CONNECTION_LOST as exc:
                 if self._stopping.is_set():
                     raise
-                log.warning("event.retry", error=f"{type(exc).__name__}: {exc}", retry_in_s=pause)
+                log.warning("event.retry", error=describe(exc), retry_in_s=pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)
                 if not await self._still_ours(item):
@@ -204,7 +204,7 @@ class Daemon(abc.ABC, Generic[Item]):
                 flow_set = await self._app.load_flows(previous=self._engine.flows)
                 await self._swap(flow_set)
             except Exception as exc:  # a failed reload keeps the current flows running
-                log.error("flows.reload_failed", error=f"{type(exc).__name__}: {exc}")
+                log.error("flows.reload_failed", error=describe(exc))
 
     async def _swap(self, flow_set: FlowSet) -> None:
         old = self._engine.flows
@@ -245,13 +245,7 @@ class RealtimeDaemon(Daemon[ChangeEvent]):
         self._control = {(self._settings.schema_name, table) for table in CONTROL_TABLES}
 
     def _make_engine(self, flow_set: FlowSet) -> Engine:
-        return Engine(
-            flow_set,
-            self._app.runner,
-            self._app.recorder,
-            own_writes=OwnWrites(),
-            max_chain_depth=self._settings.max_chain_depth,
-        )
+        return self._app.engine(flow_set, own_writes=OwnWrites())
 
     async def _start(self, flow_set: FlowSet) -> None:
         url, key = self._settings.require_supabase()

@@ -13,7 +13,7 @@ import socket
 import asyncpg
 
 from flowd.config import Settings
-from flowd.errors import ConfigurationError, DatabaseUnavailable, DatabaseUnreachable
+from flowd.errors import ConfigurationError, DatabaseUnavailable, DatabaseUnreachable, describe
 
 CONNECT_TIMEOUT_S = 10.0
 # The database went away mid-work (network, restart, failover): worth trying again.
@@ -68,7 +68,7 @@ async def create_pool(settings: Settings, *, max_size: int | None = None) -> asy
         raise DatabaseUnavailable(f"{exc}; check the database name in DATABASE_URL") from None
     except (OSError, TimeoutError, socket.gaierror) as exc:
         raise DatabaseUnreachable(
-            f"cannot reach the database ({type(exc).__name__}: {exc}); "
+            f"cannot reach the database ({describe(exc)}); "
             "check the host and port in DATABASE_URL and that the server is up"
         ) from None
     except (ValueError, asyncpg.ClientConfigurationError) as exc:

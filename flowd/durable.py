@@ -28,7 +28,7 @@ from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT
 from flowd.daemon import Daemon
 from flowd.db import CONNECTION_LOST, worker_id
 from flowd.engine import Engine
-from flowd.errors import ExecutionTakenOver
+from flowd.errors import ExecutionTakenOver, describe
 from flowd.eventlog import CaptureTriggers, ColumnsOf, EventLog, LoggedEvent
 from flowd.flows import FlowSet
 from flowd.health import Health
@@ -75,13 +75,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
         self._handled_added = asyncio.Event()
 
     def _make_engine(self, flow_set: FlowSet) -> Engine:
-        return Engine(
-            flow_set,
-            self._app.runner,
-            self._app.recorder,
-            max_chain_depth=self._settings.max_chain_depth,
-            durable=True,
-        )
+        return self._app.engine(flow_set, durable=True)
 
     async def _start(self, flow_set: FlowSet) -> None:
         await self._flows_changed(flow_set)
@@ -120,7 +114,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
             try:
                 events = await self._log.claim(limit, self._columns_of)
             except Exception as exc:  # the feed must outlive any failure; the poll goes on
-                log.warning("eventlog.unavailable", error=_describe(exc), retry_in_s=pause)
+                log.warning("eventlog.unavailable", error=describe(exc), retry_in_s=pause)
                 await self._sleep(pause)
                 pause = min(pause * 2, 30.0)
                 continue
@@ -184,7 +178,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
             await self._log.handled(batch)
         except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
             self._handled = batch + self._handled
-            log.warning("eventlog.unavailable", error=_describe(exc), retry_in_s=1.0)
+            log.warning("eventlog.unavailable", error=describe(exc), retry_in_s=1.0)
             return False
         self._wake.set()  # the next event of each of these rows may be claimed now
         return True
@@ -198,7 +192,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
             try:
                 renewed = await self._log.renew(held)
             except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
-                log.warning("eventlog.lease_renewal_failed", error=_describe(exc))
+                log.warning("eventlog.lease_renewal_failed", error=describe(exc))
                 continue
             lost = held - renewed - set(self._handled)
             if lost & self._held:
@@ -217,7 +211,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
                     url, server_settings={"application_name": "flowd"}
                 )
             except (*CONNECTION_LOST, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("eventlog.listen_failed", error=_describe(exc), retry_in_s=pause)
+                log.warning("eventlog.listen_failed", error=describe(exc), retry_in_s=pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)
                 continue
@@ -232,7 +226,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
                     await asyncio.sleep(_LISTENER_CHECK_S)
                     await connection.fetchval("SELECT 1")  # a dead connection hears nothing
             except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
-                log.warning("eventlog.listen_lost", error=_describe(exc))
+                log.warning("eventlog.listen_lost", error=describe(exc))
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(connection.close(), 5)
@@ -245,7 +239,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
                 await self._report_backlog()
                 deleted = await self._log.purge(self._settings.event_retention_s)
             except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
-                log.warning("eventlog.maintenance_failed", error=_describe(exc))
+                log.warning("eventlog.maintenance_failed", error=describe(exc))
                 continue
             if deleted:
                 log.info("eventlog.purged", events=deleted)
@@ -270,7 +264,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
             if leftover:
                 await self._log.release(leftover)
         except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
-            log.warning("eventlog.release_failed", error=_describe(exc))
+            log.warning("eventlog.release_failed", error=describe(exc))
         log.info(
             "shutdown.finished",
             events_released=len(leftover),
@@ -287,13 +281,7 @@ async def drain(app: App) -> Summary:
     settings = app.settings
     flow_set = await app.load_flows()
     await CaptureTriggers(app.database, settings.schema_name).sync(flow_set.tables.values())
-    engine = Engine(
-        flow_set,
-        app.runner,
-        app.recorder,
-        max_chain_depth=settings.max_chain_depth,
-        durable=True,
-    )
+    engine = app.engine(flow_set, durable=True)
     event_log = EventLog(
         app.database, settings.schema_name, worker=worker_id(), lease_s=settings.lease_s
     )
@@ -340,4 +328,4 @@ async def drain(app: App) -> Summary:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    return describe(exc)

@@ -12,7 +12,6 @@ journalled as it finishes (see `act.Journal`).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -207,7 +206,7 @@ class Engine:
         return Journal(
             claim.done,
             record,
-            json.dumps({"depth": written_by.depth, "flows": list(written_by.flows)}),
+            written_by.to_json(),
         )
 
     def _remembering(self, cause: Cause, flow: Flow) -> RowsWritten | None:

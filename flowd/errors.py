@@ -27,6 +27,11 @@ class FlowdError(Exception):
         super().__init__(message or (self.__doc__ or "").strip())
 
 
+def describe(exc: BaseException) -> str:
+    """`Type: message`, the one-line form flowd logs and records an error in."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 def first_problem(exc: pydantic.ValidationError, where: str) -> tuple[str, str]:
     """Where (dotted path, else `where`) and what the first validation error says."""
     error = exc.errors()[0]

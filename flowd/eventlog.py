@@ -19,6 +19,7 @@ import asyncpg
 from flowd.catalog import Table, quote_ident
 from flowd.chain import EXTERNAL, Cause
 from flowd.db import Connection
+from flowd.errors import describe
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent, Column
 
@@ -82,9 +83,8 @@ def _cause(text: str | None) -> Cause:
     if not text:
         return EXTERNAL
     try:
-        data = json.loads(text)
-        return Cause(int(data["depth"]), tuple(int(flow) for flow in data["flows"]))
-    except (ValueError, KeyError, TypeError):
+        return Cause.from_json(text)
+    except ValueError:
         log.warning("event.cause_unreadable", cause=text)
         return EXTERNAL
 
@@ -256,7 +256,7 @@ class CaptureTriggers:
                     log.error(
                         "capture.attach_failed",
                         table=f"{table.schema}.{table.name}",
-                        error=f"{type(exc).__name__}: {exc}",
+                        error=describe(exc),
                         fix="run flowd as the table's owner, or attach the trigger as the owner: "
                         + self._create_sql(table),
                     )
@@ -272,7 +272,7 @@ class CaptureTriggers:
                     log.error(
                         "capture.detach_failed",
                         table=f"{schema}.{name}",
-                        error=f"{type(exc).__name__}: {exc}",
+                        error=describe(exc),
                     )
         result = TriggerSync(tuple(attached), tuple(detached), tuple(failed))
         if attached or detached:

@@ -25,7 +25,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from flowd import metrics
-from flowd.errors import ConfigurationError
+from flowd.errors import ConfigurationError, describe
 from flowd.logs import get_logger
 
 log = get_logger()
@@ -96,7 +96,7 @@ class Health:
             try:
                 reason = check()
             except Exception as exc:  # a broken check must not break the endpoint
-                reason = f"check failed: {type(exc).__name__}: {exc}"
+                reason = f"check failed: {describe(exc)}"
             if reason is not None:
                 reasons.append(f"{name}: {reason}")
         return reasons
@@ -123,7 +123,7 @@ class Health:
             except TimeoutError:
                 self._probe_results[name] = f"unreachable (no answer within {timeout_s:g} s)"
             except Exception as exc:
-                self._probe_results[name] = f"unreachable ({type(exc).__name__}: {exc})"
+                self._probe_results[name] = f"unreachable ({describe(exc)})"
             await asyncio.sleep(interval_s)
 
     async def start(self, address: Address | None) -> Address | None:

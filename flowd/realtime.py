@@ -42,6 +42,7 @@ from realtime.types import (
 )
 
 from flowd.catalog import REALTIME_PUBLICATION, quote_ident
+from flowd.errors import describe
 from flowd.logs import get_logger
 
 log = get_logger()
@@ -352,7 +353,7 @@ class RealtimeSource:
         except TimeoutError:
             return "not subscribed in time"
         except Exception as exc:  # the client raises bare Exceptions when it cannot connect
-            return f"connect failed: {type(exc).__name__}: {exc}"
+            return f"connect failed: {describe(exc)}"
         if session.live.is_set() and not session.problems:
             return None
         return session.check(timing) or "join failed"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from flowd.app import App
-from flowd.engine import Engine, FlowRun
+from flowd.engine import FlowRun
 from flowd.errors import ConfigurationError
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent
@@ -93,7 +93,7 @@ async def dry_run(app: App, events_path: str, flows_file: str | None) -> Summary
 
 async def replay(app: App, events_path: str, flows_file: str | None, *, force: bool) -> Summary:
     """Run every event of the file through classify → act → record."""
-    engine = Engine(await app.load_flows(flows_file), app.runner, app.recorder, force=force)
+    engine = app.engine(await app.load_flows(flows_file), force=force)
     summary = Summary()
     with open_events(events_path) as stream:
         for _, event in _good_events(stream, summary):
@@ -104,7 +104,7 @@ async def replay(app: App, events_path: str, flows_file: str | None, *, force: b
 async def rerun_failed(app: App, *, since: datetime | None, flow_id: int | None) -> Summary:
     """Run again the flows of executions that ended FAILURE, with today's definitions."""
     flow_set = await app.load_flows()
-    engine = Engine(flow_set, app.runner, app.recorder)
+    engine = app.engine(flow_set)
     recorder = app.recorder
     summary = Summary()
     for failed in await recorder.failed(since=since, flow_id=flow_id):

@@ -28,8 +28,8 @@ from flowd.app import App
 from flowd.catalog import Table, quote_ident
 from flowd.cron import Clock, SystemClock
 from flowd.db import CONNECTION_LOST, worker_id
-from flowd.engine import Engine, FlowRun
-from flowd.errors import ConfigurationError
+from flowd.engine import FlowRun
+from flowd.errors import ConfigurationError, describe
 from flowd.flows import FlowSet, ScheduledFlow
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent, Column
@@ -260,13 +260,8 @@ class TickRunner:
         flows: FlowSet,
     ) -> None:
         flow = scheduled.flow
-        engine = Engine(
-            flows,
-            self._app.runner,
-            self._app.recorder,
-            max_chain_depth=self._app.settings.max_chain_depth,
-            durable=True,  # the tick's lease makes this worker the only one on its rows
-        )
+        # durable: the tick's lease makes this worker the only one on its rows
+        engine = self._app.engine(flows, durable=True)
         columns = tuple(Column(name=c.name, type=c.typname) for c in table.columns.values())
         while True:
             after = () if position is None else (position,)
@@ -322,7 +317,7 @@ class TickRunner:
             try:
                 await self.ticks.renew(flow_id, scheduled_for)
             except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
-                log.warning("schedule.lease_renewal_failed", error=f"{type(exc).__name__}: {exc}")
+                log.warning("schedule.lease_renewal_failed", error=describe(exc))
 
 
 class Scheduler:
@@ -368,7 +363,7 @@ class Scheduler:
                     log.warning(
                         "schedule.unavailable",
                         flow_id=flow_id,
-                        error=f"{type(exc).__name__}: {exc}",
+                        error=describe(exc),
                     )
                     self._not_before[flow_id] = now + _RETRY_AFTER
                     continue
@@ -418,7 +413,7 @@ class Scheduler:
                 "schedule.tick_failed",
                 flow_id=flow_id,
                 scheduled_for=due,
-                error=f"{type(exc).__name__}: {exc}",
+                error=describe(exc),
                 retry_in_s=_RETRY_AFTER.total_seconds(),
             )
             return None

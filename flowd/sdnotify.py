@@ -10,6 +10,7 @@ import asyncio
 import os
 import socket
 
+from flowd.errors import describe
 from flowd.logs import get_logger
 
 log = get_logger()
@@ -47,7 +48,7 @@ class Notifier:
         except OSError as exc:
             if not self._warned:  # once: the manager may be gone while we shut down
                 self._warned = True
-                log.warning("sdnotify.failed", error=f"{type(exc).__name__}: {exc}")
+                log.warning("sdnotify.failed", error=describe(exc))
 
     def ready(self, status: str = "ready") -> None:
         self.notify("READY=1", f"STATUS={status}")

@@ -35,6 +35,7 @@ from flowd.errors import (
     ExecutionTakenOver,
     FlowDefinitionError,
     PermanentActionError,
+    describe,
     first_problem,
 )
 from flowd.logs import get_logger
@@ -210,7 +211,7 @@ class ActionRunner:
             raise
         except Exception as exc:  # a bug must fail this action, not the daemon
             bound.exception("action.crashed")
-            error = PermanentActionError(f"internal error: {type(exc).__name__}: {exc}")
+            error = PermanentActionError(f"internal error: {describe(exc)}")
         outcome = (
             done.outcome
             if done.outcome is not None

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from flowd.act.templates import render_tree
 from flowd.catalog import Table, quote_ident
 from flowd.db import CONNECTION_LOST, Connection
-from flowd.errors import PermanentActionError, TransientActionError
+from flowd.errors import PermanentActionError, TransientActionError, describe
 from flowd.models import ChangeEvent, Flow, table_ref
 
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
@@ -130,7 +130,7 @@ async def execute(database: asyncpg.Pool | Connection, update: Update) -> list[d
     except CONNECTION_LOST as exc:
         raise TransientActionError(f"database connection lost: {exc}") from None
     except asyncpg.PostgresError as exc:
-        message = f"{type(exc).__name__}: {exc}"
+        message = describe(exc)
         if exc.sqlstate in _TRANSIENT_SQLSTATES or str(exc.sqlstate).startswith("08"):
             raise TransientActionError(message) from None
         raise PermanentActionError(message) from None

@@ -19,7 +19,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowd.act.templates import render, render_tree
-from flowd.errors import PermanentActionError, TransientActionError
+from flowd.errors import PermanentActionError, TransientActionError, describe
 from flowd.models import ChangeEvent, Flow
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -171,7 +171,7 @@ async def send(client: httpx.AsyncClient, request: HttpRequest, timeout_s: float
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
         raise PermanentActionError(f"bad url: {exc}") from None
     except httpx.TransportError as exc:
-        raise TransientActionError(f"connection failed: {type(exc).__name__}: {exc}") from None
+        raise TransientActionError(f"connection failed: {describe(exc)}") from None
     status = response.status_code
     if 200 <= status < 300:
         return status

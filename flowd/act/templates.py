@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from flowd.errors import PermanentActionError
+from flowd.errors import PermanentActionError, describe
 from flowd.models import ChangeEvent, Flow
 
 MAX_RENDERED_CHARS = 1_000_000
@@ -72,7 +72,7 @@ def render(source: str, context: Mapping[str, Any]) -> str:
     except jinja2.TemplateError as exc:
         raise PermanentActionError(f"template error: {exc}") from None
     except Exception as exc:  # a template can raise anything its filters raise (1/0, int('x'))
-        raise PermanentActionError(f"template error: {type(exc).__name__}: {exc}") from None
+        raise PermanentActionError(f"template error: {describe(exc)}") from None
     if len(rendered) > MAX_RENDERED_CHARS:
         raise PermanentActionError(f"template output longer than {MAX_RENDERED_CHARS} characters")
     return rendered
