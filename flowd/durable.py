@@ -194,9 +194,9 @@ class DurableDaemon(Daemon[LoggedEvent]):
             except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
                 log.warning("eventlog.lease_renewal_failed", error=describe(exc))
                 continue
-            lost = held - renewed - set(self._handled)
-            if lost & self._held:
-                log.warning("eventlog.leases_lost", event_ids=sorted(lost & self._held))
+            # Events still worked on here (not merely awaiting their handled mark).
+            if lost := (held - renewed) & self._held:
+                log.warning("eventlog.leases_lost", event_ids=sorted(lost))
 
     async def _listen(self) -> None:
         """LISTEN for wake-ups on a direct connection; the poll covers any gap."""
