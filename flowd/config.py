@@ -35,7 +35,9 @@ class Settings(BaseSettings):
         "SUPABASE_SERVICE_ROLE_KEY", None, "key for Realtime and Edge Functions; never logged"
     )
     schema_name: str = _env("FLOWD_SCHEMA", "public", "schema of flowd's tables")
-    concurrency: int = _env("FLOWD_CONCURRENCY", 16, "events worked on at once", ge=1, le=1024)
+    concurrency: int = _env(
+        "FLOWD_CONCURRENCY", 16, "executions running actions at once", ge=1, le=1024
+    )
     max_attempts: int = _env("FLOWD_MAX_ATTEMPTS", 5, "tries per HTTP action", ge=1, le=100)
     action_timeout_s: float = _env("FLOWD_ACTION_TIMEOUT_S", 10.0, "timeout of one HTTP try", gt=0)
     retry_backoff_s: float = _env(

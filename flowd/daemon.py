@@ -108,10 +108,12 @@ class Daemon(abc.ABC, Generic[Item]):
         settings = self._settings
         flow_set = await self._app.load_flows()
         self._engine = self._make_engine(flow_set)
+        # Every event held is worked on; FLOWD_CONCURRENCY bounds the flows running their
+        # actions (`ActionRunner`), so claims and outcomes are written in large groups.
         self._pipeline: Pipeline[Item] = Pipeline(
             self._work,
             self._row_key,
-            concurrency=settings.concurrency,
+            concurrency=settings.queue_size,
             capacity=settings.queue_size,
         )
         with handle_signals(self.stop, self._request_reload), self._open_save_file():

@@ -25,6 +25,7 @@ from flowd.act import ActionRunner, Journal, RowsWritten
 from flowd.catalog import Table, quote_ident
 from flowd.chain import EXTERNAL, Cause, OwnWrites
 from flowd.db import Connection
+from flowd.errors import ExecutionTakenOver
 from flowd.flows import FlowSet
 from flowd.logs import get_logger
 from flowd.models import ActionOutcome, ChangeEvent, Flow
@@ -149,6 +150,8 @@ class Engine:
     async def _claim_and_run(
         self, flows: FlowSet, flow: Flow, event: ChangeEvent, cause: Cause
     ) -> FlowRun:
+        if not flows.actions[flow.flow_id] and not self._force:
+            return await self._record_without_actions(flow, event)
         claim: Claim | None
         if self._durable:
             claim = await self._recorder.claim_durable(flow, event)
@@ -160,6 +163,24 @@ class Engine:
             return FlowRun(flow.flow_id, None, "SKIPPED")
         return await self._run(flows, flow, event, claim, cause)
 
+    async def _record_without_actions(self, flow: Flow, event: ChangeEvent) -> FlowRun:
+        """Nothing to run: the execution is written finished, in one write."""
+        log_text = execution_log(flow, event, [])
+        execution_id = await self._recorder.record_without_actions(
+            flow, event, log_text, durable=self._durable
+        )
+        if execution_id is None:
+            log.info("flow.already_ran", flow_id=flow.flow_id)
+            return FlowRun(flow.flow_id, None, "SKIPPED")
+        log.info(
+            "flow.executed",
+            flow_id=flow.flow_id,
+            execution_id=execution_id,
+            status="SUCCESS",
+            duration_ms=0,
+        )
+        return FlowRun(flow.flow_id, execution_id, "SUCCESS")
+
     async def _run(
         self, flows: FlowSet, flow: Flow, event: ChangeEvent, claim: Claim, cause: Cause
     ) -> FlowRun:
@@ -170,22 +191,29 @@ class Engine:
             started = time.monotonic()
             if claim.done:
                 log.info("flow.resumed", actions_done=len(claim.done))
-            outcomes = await self._runner.run_flow(
-                flow,
-                flows.actions[flow.flow_id],
-                event,
-                self._remembering(cause, flow),
-                self._journal(claim, cause, flow),
-            )
-            status: Literal["SUCCESS", "FAILURE"] = (
-                "SUCCESS" if all(o.ok for o in outcomes) else "FAILURE"
-            )
-            # Shielded: a cancelled run (shutdown) must still leave its outcome behind.
-            await asyncio.shield(
-                self._recorder.finish(
-                    execution_id, status, execution_log(flow, event, outcomes), outcomes
+            async with self._runner.slots:
+                outcomes = await self._runner.run_flow(
+                    flow,
+                    flows.actions[flow.flow_id],
+                    event,
+                    self._remembering(cause, flow),
+                    self._journal(claim, cause, flow),
                 )
-            )
+                status: Literal["SUCCESS", "FAILURE"] = (
+                    "SUCCESS" if all(o.ok for o in outcomes) else "FAILURE"
+                )
+                # Shielded: a cancelled run (shutdown) must still leave its outcome behind.
+                recorded = await asyncio.shield(
+                    self._recorder.finish(
+                        execution_id,
+                        status,
+                        execution_log(flow, event, outcomes),
+                        outcomes,
+                        run=claim.run if self._durable else None,
+                    )
+                )
+            if not recorded:
+                raise ExecutionTakenOver()
             log.log(
                 20 if status == "SUCCESS" else 40,
                 "flow.executed",

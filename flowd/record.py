@@ -34,10 +34,15 @@ def _rerunnable(seconds: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """An execution this process may run; `done` holds the actions an earlier run finished."""
+    """An execution this process may run; `done` holds the actions an earlier run finished.
+
+    `run` is the execution's `runs` as of this claim: its outcome is written only if no
+    other run has taken the execution over since (durable delivery).
+    """
 
     execution_id: int
     done: tuple[ActionOutcome, ...] = ()
+    run: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,7 @@ class _ClaimRequest:
     flow_id: int
     event: ChangeEvent
     resume: bool  # durable: take over a RUNNING execution (its event's lease is ours)
+    log: str | None = None  # a flow without actions: the row is written finished, with this log
 
     @property
     def identity(self) -> tuple[int, str]:
@@ -64,6 +70,7 @@ class _Outcome:
     status: Status
     log: str
     actions: str  # JSON
+    run: int | None  # written only while the execution's `runs` is still this
 
 
 def _event_json(event: ChangeEvent) -> str:
@@ -192,6 +199,18 @@ class Recorder:
         """
         return await self._resumes.submit(_ClaimRequest(flow.flow_id, event, resume=True))
 
+    async def record_without_actions(
+        self, flow: Flow, event: ChangeEvent, log: str, *, durable: bool
+    ) -> int | None:
+        """A flow without actions: its execution, written SUCCESS at once (one write, no claim).
+
+        None when the flow already ran for this event. `durable` as for `claim_durable`: a
+        RUNNING execution (its flow had actions then) is finished by this one.
+        """
+        request = _ClaimRequest(flow.flow_id, event, resume=durable, log=self._redact(log))
+        claim = await (self._resumes if durable else self._claims).submit(request)
+        return claim.execution_id if claim is not None else None
+
     async def _write_claims(self, requests: Sequence[_ClaimRequest]) -> list[Claim | None]:
         """One INSERT for many claims. Within a batch, the first of two requests for the same
         (flow, event) wins, as it would have one statement earlier."""
@@ -200,28 +219,33 @@ class Recorder:
             first.setdefault(request.identity, index)
         unique = [requests[index] for index in sorted(first.values())]
         on_conflict = (
-            "DO UPDATE SET runs = e.runs + 1, triggered_at = now() WHERE e.status = 'RUNNING'"
+            "DO UPDATE SET runs = e.runs + 1, triggered_at = now(), status = excluded.status,"
+            " finished_at = excluded.finished_at, log = excluded.log WHERE e.status = 'RUNNING'"
             if requests[0].resume
             else "DO NOTHING"
         )
         rows = await self._pool.fetch(
-            f"INSERT INTO {self._table} AS e (flow_id, event_key, status, event)"
-            " SELECT flow_id, event_key, 'RUNNING', event::jsonb"
-            " FROM unnest($1::bigint[], $2::text[], $3::text[]) AS v(flow_id, event_key, event)"
+            f"INSERT INTO {self._table} AS e (flow_id, event_key, status, event, finished_at, log)"
+            " SELECT flow_id, event_key, CASE WHEN log IS NULL THEN 'RUNNING' ELSE 'SUCCESS' END,"
+            " event::jsonb, CASE WHEN log IS NOT NULL THEN now() END, coalesce(log, '')"
+            " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])"
+            " AS v(flow_id, event_key, event, log)"
             f" ON CONFLICT (flow_id, event_key) {on_conflict}"
-            " RETURNING execution_id, flow_id, event_key, actions::text",
+            " RETURNING execution_id, flow_id, event_key, runs, status, actions::text",
             [request.flow_id for request in unique],
             [request.event.key for request in unique],
             [_event_json(request.event) for request in unique],
+            [request.log for request in unique],
         )
         claimed = {
             (row["flow_id"], row["event_key"]): Claim(
                 row["execution_id"],
                 tuple(ActionOutcome.model_validate(item) for item in json.loads(row["actions"])),
+                row["runs"],
             )
             for row in rows
         }
-        self.in_flight.update(claim.execution_id for claim in claimed.values())
+        self.in_flight.update(row["execution_id"] for row in rows if row["status"] == "RUNNING")
         return [
             claimed.get(request.identity) if first[request.identity] == index else None
             for index, request in enumerate(requests)
@@ -275,28 +299,40 @@ class Recorder:
         return bool(claimed)
 
     async def finish(
-        self, execution_id: int, status: Status, log: str, outcomes: Sequence[ActionOutcome]
-    ) -> None:
+        self,
+        execution_id: int,
+        status: Status,
+        log: str,
+        outcomes: Sequence[ActionOutcome],
+        *,
+        run: int | None = None,
+    ) -> bool:
+        """Write the outcome; with `run` (a durable claim's), only if no other run took the
+        execution over since: False then, and nothing is written."""
         details = json.dumps([outcome.model_dump() for outcome in outcomes])
-        await self._finishes.submit(
-            _Outcome(execution_id, status, self._redact(log), self._redact(details))
+        return await self._finishes.submit(
+            _Outcome(execution_id, status, self._redact(log), self._redact(details), run)
         )
 
-    async def _write_outcomes(self, outcomes: Sequence[_Outcome]) -> list[None]:
+    async def _write_outcomes(self, outcomes: Sequence[_Outcome]) -> list[bool]:
         """One UPDATE for many outcomes, rows in id order (no deadlock with another writer)."""
         ordered = sorted(outcomes, key=lambda outcome: outcome.execution_id)
-        await self._pool.execute(
+        rows = await self._pool.fetch(
             f"UPDATE {self._table} AS e SET status = v.status, finished_at = now(),"
             " log = v.log, actions = v.actions::jsonb"
-            " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])"
-            " AS v(execution_id, status, log, actions) WHERE e.execution_id = v.execution_id",
+            " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::int[])"
+            " AS v(execution_id, status, log, actions, run) WHERE e.execution_id = v.execution_id"
+            " AND (v.run IS NULL OR (e.runs = v.run AND e.status = 'RUNNING'))"
+            " RETURNING e.execution_id",
             [outcome.execution_id for outcome in ordered],
             [outcome.status for outcome in ordered],
             [outcome.log for outcome in ordered],
             [outcome.actions for outcome in ordered],
+            [outcome.run for outcome in ordered],
         )
         self.in_flight.difference_update(outcome.execution_id for outcome in outcomes)
-        return [None] * len(outcomes)
+        written = {row["execution_id"] for row in rows}
+        return [outcome.execution_id in written for outcome in outcomes]
 
     async def abandon(self, reason: str) -> list[int]:
         """Mark every execution claimed here and still RUNNING as FAILURE (shutdown)."""

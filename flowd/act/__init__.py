@@ -13,6 +13,7 @@ a resumed execution skips what is done and a DB_UPDATE takes effect once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -134,7 +135,13 @@ class _Done:
 
 
 class ActionRunner:
-    """Runs prepared actions with the shared HTTP client and database pool."""
+    """Runs prepared actions with the shared HTTP client and database pool.
+
+    `slots` holds FLOWD_CONCURRENCY places: an execution takes one from its first action
+    until its outcome is recorded (`Engine`), so at most that many actions can be repeated
+    after a crash. Classifying events and recording executions without actions take none:
+    they are group-committed across every event held.
+    """
 
     def __init__(
         self,
@@ -151,6 +158,7 @@ class ActionRunner:
         self._policy = RetryPolicy(
             settings.max_attempts, settings.retry_backoff_s, settings.retry_max_delay_s
         )
+        self.slots = asyncio.Semaphore(settings.concurrency)
 
     async def run_flow(
         self,
@@ -174,8 +182,11 @@ class ActionRunner:
             outcomes.append(outcome)
             if not outcome.ok:
                 break
-            with_its_write = isinstance(prepared.config, db_update.DbUpdateConfig)
-            if journal and not with_its_write and not await journal.record(index, outcome, None):
+            # A DB_UPDATE is journalled with its write; the last action by the outcome itself.
+            journalled = isinstance(prepared.config, db_update.DbUpdateConfig) or (
+                index == len(actions) - 1
+            )
+            if journal and not journalled and not await journal.record(index, outcome, None):
                 raise ExecutionTakenOver()
         return outcomes
 
