@@ -2,7 +2,8 @@
 
 What a hand-written relay from the same event log to a webhook does, and nothing more:
 LISTEN `flowd_events`, take the pending rows of `flow_events` (a claim, as flowd's),
-POST each new record's `id` with httpx, all of a batch at once, and mark them handled.
+POST each new record's `id` with aiohttp (flowd's HTTP client), all of a batch at once,
+and mark them handled.
 No flows, no classification, no execution records, no leases.
 Usage: `python -m bench.forwarder DATABASE_URL RECEIVER_URL`; runs until killed.
 """
@@ -13,8 +14,8 @@ import asyncio
 import contextlib
 import sys
 
+import aiohttp
 import asyncpg
-import httpx
 
 _CLAIM = """
 UPDATE flow_events SET claims = claims + 1, worker = 'forwarder'
@@ -24,12 +25,17 @@ RETURNING event_id, record ->> 'id' AS id
 """
 
 
+async def _post(client: aiohttp.ClientSession, target: str, row_id: str) -> None:
+    async with client.post(target, json={"id": row_id}) as response:
+        await response.read()
+
+
 async def _main(database_url: str, target: str) -> None:
     wake = asyncio.Event()
     listener = await asyncpg.connect(database_url)
     await listener.add_listener("flowd_events", lambda *_: wake.set())
     connection = await asyncpg.connect(database_url)
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=16)) as client:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as client:
         while True:
             wake.clear()
             rows = await connection.fetch(_CLAIM)
@@ -37,7 +43,7 @@ async def _main(database_url: str, target: str) -> None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), 1.0)
                 continue
-            await asyncio.gather(*(client.post(target, json={"id": row["id"]}) for row in rows))
+            await asyncio.gather(*(_post(client, target, row["id"]) for row in rows))
             await connection.execute(
                 "UPDATE flow_events SET handled_at = now() WHERE event_id = ANY($1::bigint[])",
                 [row["event_id"] for row in rows],

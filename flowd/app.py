@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import asyncpg
-import httpx
 
 from flowd import flows as flow_store
 from flowd import logs
-from flowd.act import ActionRunner
+from flowd.act import ActionRunner, http
 from flowd.catalog import Catalog
 from flowd.chain import OwnWrites
 from flowd.config import Settings
@@ -33,7 +33,7 @@ from flowd.secrets import Secrets
 class App:
     settings: Settings
     secrets: Secrets
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     pool: asyncpg.Pool | None
     runner: ActionRunner
     execution_log: Recorder | None  # None without a database
@@ -110,7 +110,7 @@ def configure_logging(settings: Settings, secrets: Secrets, *, to_stderr: bool =
 async def open_app(settings: Settings, secrets: Secrets, *, database: bool) -> AsyncIterator[App]:
     pool = await create_pool(settings) if database else None
     try:
-        async with httpx.AsyncClient(follow_redirects=False) as client:
+        async with http.open_session() as client:
             runner = ActionRunner(settings=settings, secrets=secrets, http_client=client, pool=pool)
             recorder = (
                 Recorder(

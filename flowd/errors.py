@@ -11,7 +11,7 @@
         ├── PermanentActionError  retrying cannot help (4xx, bad template, bad config)
         └── TransientActionError  worth another attempt (timeout, 5xx, 429, lost connection)
 
-Driver errors (asyncpg, httpx, jinja2) are translated once, where they are caught,
+Driver errors (asyncpg, aiohttp, jinja2) are translated once, where they are caught,
 with `raise ... from exc`; only the CLI maps these classes to exit codes.
 """
 

@@ -26,7 +26,7 @@ _METHOD_LEVELS["critical"] = logging.CRITICAL
 # A URL's apikey parameter (websockets and the realtime client put the key there).
 _APIKEY = re.compile(r"(apikey=)[^&\s\"']+")
 # Libraries that log whole URLs or keys below WARNING.
-_NOISY = ("httpx", "httpcore", "websockets", "asyncpg", "realtime", "hpack")
+_NOISY = ("aiohttp", "httpx", "httpcore", "websockets", "asyncpg", "realtime", "hpack")
 
 
 def _redacting(redact: Callable[[str], str]) -> Processor:

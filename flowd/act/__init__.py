@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import asyncpg
-import httpx
 import pydantic
 
 from flowd.act import db_update, http
@@ -148,7 +148,7 @@ class ActionRunner:
         *,
         settings: Settings,
         secrets: Secrets,
-        http_client: httpx.AsyncClient,
+        http_client: aiohttp.ClientSession,
         pool: asyncpg.Pool | None,
     ) -> None:
         self._settings = settings

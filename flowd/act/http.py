@@ -1,23 +1,26 @@
 """HTTP actions: API_CALL (any webhook) and FUNCTION_CALL (a Supabase Edge Function).
 
-Both render their config into one `HttpRequest`, sent with a shared httpx client.
-The answer decides: 2xx succeeds; 408, 429, 5xx, timeouts and connection errors are
-transient (retried); any other status is permanent.
+Both render their config into one `HttpRequest`, sent with the shared aiohttp session
+(`open_session`). The answer decides: 2xx succeeds; 408, 429, 5xx, timeouts and
+connection errors are transient (retried); any other status is permanent.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flowd import __version__
 from flowd.act.templates import render, render_tree
 from flowd.errors import PermanentActionError, TransientActionError, describe
 from flowd.models import ChangeEvent, Flow
@@ -156,31 +159,54 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-async def send(client: httpx.AsyncClient, request: HttpRequest, timeout_s: float) -> int:
+def _decoded(body: bytes, charset: str) -> str:
+    try:
+        return body.decode(charset, errors="replace")
+    except LookupError:  # a charset Python does not know
+        return body.decode("utf-8", errors="replace")
+
+
+@asynccontextmanager
+async def open_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """The HTTP client every action shares: keep-alive connections, no redirects followed
+    (see `send`), no cookies carried from one flow's target to another, proxies from the
+    environment (HTTPS_PROXY, NO_PROXY)."""
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),  # FLOWD_CONCURRENCY bounds requests in flight
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": f"flowd/{__version__}"},
+        trust_env=True,
+    ) as session:
+        yield session
+
+
+async def send(session: aiohttp.ClientSession, request: HttpRequest, timeout_s: float) -> int:
     """Send once; return the 2xx status or raise a Transient/PermanentActionError."""
     try:
-        response = await client.request(
+        async with session.request(
             request.method,
             request.url,
             headers=request.headers,
-            content=request.content,
-            timeout=timeout_s,
-        )
-    except httpx.TimeoutException:
+            data=request.content,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,
+        ) as response:
+            # Read to the end even on success: the connection then goes back to the pool.
+            body = await response.read()
+            status, retry_after = response.status, response.headers.get("Retry-After")
+            charset = response.charset or "utf-8"
+    except TimeoutError:
         raise TransientActionError(f"timed out after {timeout_s:g} s") from None
-    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+    except aiohttp.InvalidURL as exc:
         raise PermanentActionError(f"bad url: {exc}") from None
-    except httpx.TransportError as exc:
+    except aiohttp.ClientError as exc:
         raise TransientActionError(f"connection failed: {describe(exc)}") from None
-    status = response.status_code
     if 200 <= status < 300:
         return status
-    excerpt = response.text[:_ERROR_BODY_CHARS].strip()
+    excerpt = _decoded(body[: _ERROR_BODY_CHARS * 4], charset)[:_ERROR_BODY_CHARS].strip()
     message = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
     if status in (408, 429) or status >= 500:
         raise TransientActionError(
-            message,
-            http_status=status,
-            retry_after_s=retry_after_seconds(response.headers.get("retry-after")),
+            message, http_status=status, retry_after_s=retry_after_seconds(retry_after)
         )
     raise PermanentActionError(message, http_status=status)
