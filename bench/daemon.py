@@ -159,6 +159,7 @@ class Receiver:
             cwd=ROOT,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            limit=1 << 24,  # a dump of thousands of arrivals is one line
         )
         assert self._process.stdout is not None
         port = int((await self._process.stdout.readline()).decode())

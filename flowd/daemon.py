@@ -308,7 +308,7 @@ class RealtimeDaemon(Daemon[ChangeEvent]):
 
     async def _finish(self, unfinished: list[ChangeEvent]) -> None:
         """Record FAILURE for what was cut short or never started, so nothing is lost."""
-        cut_short = await self._app.recorder.abandon(CUT_SHORT)
+        cut_short = await self._app.recorder.abandon(CUT_SHORT, NOT_STARTED)
         for event in unfinished:
             try:
                 await self._engine.record_not_started(event, NOT_STARTED)

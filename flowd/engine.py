@@ -145,27 +145,23 @@ class Engine:
     async def rerun(self, flow: Flow, event: ChangeEvent, execution_id: int) -> FlowRun:
         """Run a flow again under an execution already claimed (`--failed`)."""
         with _event_context(event):
-            async with self._runner.slots:
-                return await self._run(self.flows, flow, event, Claim(execution_id), EXTERNAL)
+            return await self._run(self.flows, flow, event, Claim(execution_id), EXTERNAL)
 
     async def _claim_and_run(
         self, flows: FlowSet, flow: Flow, event: ChangeEvent, cause: Cause
     ) -> FlowRun:
         if not flows.actions[flow.flow_id] and not self._force:
             return await self._record_without_actions(flow, event)
-        # A slot before the claim: an event waiting for one has not started (on shutdown,
-        # realtime mode records it "not run", not "cut short").
-        async with self._runner.slots:
-            claim: Claim | None
-            if self._durable:
-                claim = await self._recorder.claim_durable(flow, event)
-            else:
-                execution_id = await self._recorder.claim(flow, event, force=self._force)
-                claim = Claim(execution_id) if execution_id is not None else None
-            if claim is None:
-                log.info("flow.already_ran", flow_id=flow.flow_id)
-                return FlowRun(flow.flow_id, None, "SKIPPED")
-            return await self._run(flows, flow, event, claim, cause)
+        claim: Claim | None
+        if self._durable:
+            claim = await self._recorder.claim_durable(flow, event)
+        else:
+            execution_id = await self._recorder.claim(flow, event, force=self._force)
+            claim = Claim(execution_id) if execution_id is not None else None
+        if claim is None:
+            log.info("flow.already_ran", flow_id=flow.flow_id)
+            return FlowRun(flow.flow_id, None, "SKIPPED")
+        return await self._run(flows, flow, event, claim, cause)
 
     async def _record_without_actions(self, flow: Flow, event: ChangeEvent) -> FlowRun:
         """Nothing to run: the execution is written finished, in one write."""
@@ -192,29 +188,31 @@ class Engine:
         with structlog.contextvars.bound_contextvars(
             flow_id=flow.flow_id, execution_id=execution_id
         ):
-            started = time.monotonic()
-            if claim.done:
-                log.info("flow.resumed", actions_done=len(claim.done))
-            outcomes = await self._runner.run_flow(
-                flow,
-                flows.actions[flow.flow_id],
-                event,
-                self._remembering(cause, flow),
-                self._journal(claim, cause, flow),
-            )
-            status: Literal["SUCCESS", "FAILURE"] = (
-                "SUCCESS" if all(o.ok for o in outcomes) else "FAILURE"
-            )
-            # Shielded: a cancelled run (shutdown) must still leave its outcome behind.
-            recorded = await asyncio.shield(
-                self._recorder.finish(
-                    execution_id,
-                    status,
-                    execution_log(flow, event, outcomes),
-                    outcomes,
-                    run=claim.run if self._durable else None,
+            async with self._runner.slots:  # held until the outcome is recorded
+                self._recorder.acting.add(execution_id)
+                started = time.monotonic()
+                if claim.done:
+                    log.info("flow.resumed", actions_done=len(claim.done))
+                outcomes = await self._runner.run_flow(
+                    flow,
+                    flows.actions[flow.flow_id],
+                    event,
+                    self._remembering(cause, flow),
+                    self._journal(claim, cause, flow),
                 )
-            )
+                status: Literal["SUCCESS", "FAILURE"] = (
+                    "SUCCESS" if all(o.ok for o in outcomes) else "FAILURE"
+                )
+                # Shielded: a cancelled run (shutdown) must still leave its outcome behind.
+                recorded = await asyncio.shield(
+                    self._recorder.finish(
+                        execution_id,
+                        status,
+                        execution_log(flow, event, outcomes),
+                        outcomes,
+                        run=claim.run if self._durable else None,
+                    )
+                )
             if not recorded:
                 raise ExecutionTakenOver()
             log.log(

@@ -164,6 +164,7 @@ class Recorder:
         self._table = f"{quote_ident(schema)}.flow_executions"
         self._redact = redact
         self.in_flight: set[int] = set()  # claimed here, outcome not written yet
+        self.acting: set[int] = set()  # of those, the ones whose actions have begun
         # Group commit: what is asked while one write is under way goes in the next one.
         self._claims = GroupWriter(self._write_claims)
         self._resumes = GroupWriter(self._write_claims)
@@ -331,20 +332,26 @@ class Recorder:
             [outcome.run for outcome in ordered],
         )
         self.in_flight.difference_update(outcome.execution_id for outcome in outcomes)
+        self.acting.difference_update(outcome.execution_id for outcome in outcomes)
         written = {row["execution_id"] for row in rows}
         return [outcome.execution_id in written for outcome in outcomes]
 
-    async def abandon(self, reason: str) -> list[int]:
-        """Mark every execution claimed here and still RUNNING as FAILURE (shutdown)."""
+    async def abandon(self, cut_short: str, not_started: str) -> list[int]:
+        """Mark every execution claimed here and still RUNNING as FAILURE (shutdown), with
+        the log `cut_short` where its actions had begun, else `not_started`."""
         ids = sorted(self.in_flight)
-        self.in_flight.clear()
         if ids:
             await self._pool.execute(
-                f"UPDATE {self._table} SET status = 'FAILURE', finished_at = now(), log = $2"
+                f"UPDATE {self._table} SET status = 'FAILURE', finished_at = now(),"
+                " log = CASE WHEN execution_id = ANY($2::bigint[]) THEN $3 ELSE $4 END"
                 " WHERE execution_id = ANY($1::bigint[]) AND status = 'RUNNING'",
                 ids,
-                reason,
+                sorted(self.acting),
+                cut_short,
+                not_started,
             )
+        self.in_flight.clear()
+        self.acting.clear()
         return ids
 
     async def failed(self, *, since: datetime | None, flow_id: int | None) -> list[FailedExecution]:

@@ -137,10 +137,10 @@ class _Done:
 class ActionRunner:
     """Runs prepared actions with the shared HTTP client and database pool.
 
-    `slots` holds FLOWD_CONCURRENCY places: an execution holds one from its claim until its
-    outcome is recorded (`Engine`), so at most that many actions can be repeated after a
-    crash. Classifying events and recording executions without actions take none: they
-    are group-committed across every event held.
+    `slots` holds FLOWD_CONCURRENCY places: an execution holds one from its first action
+    until its outcome is recorded (`Engine`), so at most that many actions can be repeated
+    after a crash. Classifying events and writing claims and executions without actions
+    take none: they are group-committed across every event held.
     """
 
     def __init__(

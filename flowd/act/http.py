@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import getproxies
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -175,7 +176,8 @@ async def open_session() -> AsyncIterator[aiohttp.ClientSession]:
         connector=aiohttp.TCPConnector(limit=0),  # FLOWD_CONCURRENCY bounds requests in flight
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": f"flowd/{__version__}"},
-        trust_env=True,
+        # Only when a proxy is set: aiohttp then looks it up in a thread for every request.
+        trust_env=bool(getproxies()),
     ) as session:
         yield session
 
