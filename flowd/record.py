@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 import asyncpg
+from pydantic import TypeAdapter
 
 from flowd.catalog import quote_ident
 from flowd.db import Connection
@@ -73,8 +74,16 @@ class _Outcome:
     run: int | None  # written only while the execution's `runs` is still this
 
 
+_OUTCOMES = TypeAdapter(list[ActionOutcome])
+
+
 def _event_json(event: ChangeEvent) -> str:
-    return json.dumps(event.to_wire(), default=str)
+    """The event as stored in `flow_executions.event`, to be read back by `--failed`."""
+    if event.type == "SCHEDULE":
+        # Its row came from asyncpg (datetimes, decimals): stored as text the way the
+        # event's key reads them, so a re-run has the same key.
+        return json.dumps(event.to_wire(), default=str)
+    return event.model_dump_json(by_alias=True, exclude_none=True)  # JSON values only
 
 
 Request = TypeVar("Request")
@@ -310,7 +319,7 @@ class Recorder:
     ) -> bool:
         """Write the outcome; with `run` (a durable claim's), only if no other run took the
         execution over since: False then, and nothing is written."""
-        details = json.dumps([outcome.model_dump() for outcome in outcomes])
+        details = _OUTCOMES.dump_json(list(outcomes)).decode()
         return await self._finishes.submit(
             _Outcome(execution_id, status, self._redact(log), self._redact(details), run)
         )
