@@ -70,6 +70,9 @@ class _Window:
     total: list[float] = field(default_factory=list)  # commit → received by the receiver
     feed: list[float] = field(default_factory=list)
     own: list[float] = field(default_factory=list)
+    # flowd's own, in two: received → its execution claim is sent; then → action received
+    to_claim: list[float] = field(default_factory=list)
+    claim_to_action: list[float] = field(default_factory=list)
     recorded: list[float] = field(default_factory=list)
     sustained: float = 0.0
 
@@ -122,22 +125,24 @@ async def _claimed(url: str, ids: range) -> dict[int, float]:
     return {row["id"]: row["at"] for row in rows}
 
 
-async def _recorded(url: str, ids: range, timeout_s: float = 30) -> dict[int, float]:
-    """Wall-clock `finished_at` of each id's execution, once all have one."""
+async def _recorded(url: str, ids: range, timeout_s: float = 30) -> dict[int, tuple[float, float]]:
+    """Wall-clock (`triggered_at`, `finished_at`) of each id's execution, once all have
+    finished; `triggered_at` is when the claim's statement began."""
     connection = await asyncpg.connect(url)
     deadline = time.monotonic() + timeout_s
     try:
         while True:
             rows = await connection.fetch(
                 "SELECT (event -> 'record' ->> 'id')::bigint AS id,"
-                " extract(epoch FROM finished_at)::float8 AS at FROM flow_executions"
+                " extract(epoch FROM triggered_at)::float8 AS claimed,"
+                " extract(epoch FROM finished_at)::float8 AS finished FROM flow_executions"
                 " WHERE finished_at IS NOT NULL"
                 " AND (event -> 'record' ->> 'id')::bigint BETWEEN $1 AND $2",
                 ids.start,
                 ids.stop - 1,
             )
             if len(rows) >= len(ids) or time.monotonic() > deadline:
-                return {row["id"]: row["at"] for row in rows}
+                return {row["id"]: (row["claimed"], row["finished"]) for row in rows}
             await asyncio.sleep(0.1)
     finally:
         await connection.close()
@@ -165,8 +170,10 @@ async def _window(
         sustained=len(ids) / (max(arrived.values()) - min(committed.values())),
     )
     if contender.records:
-        finished = await _recorded(contender.url, ids)
-        window.recorded = [(finished[i] - committed[i]) * ms for i in ids]
+        execution = await _recorded(contender.url, ids)
+        window.recorded = [(execution[i][1] - committed[i]) * ms for i in ids]
+        window.to_claim = [(execution[i][0] - received[i]) * ms for i in ids]
+        window.claim_to_action = [(arrived[i] - execution[i][0]) * ms for i in ids]
     return window
 
 
@@ -277,6 +284,11 @@ _FIGURES = (
     ("flowd's own (received → action)", "own", 0.99, OWN_P99),
 )
 _RECORDED = ((0.5, RECORDED_P50), (0.99, RECORDED_P99))
+# flowd's own share in two (contenders that record executions only), p50
+_OWN_PARTS = (
+    ("flowd's own, part 1: received → execution claim sent", "to_claim"),
+    ("flowd's own, part 2: execution claim sent → action", "claim_to_action"),
+)
 
 
 def _quantiles(windows: list[_Window], attribute: str, fraction: float) -> Samples:
@@ -313,6 +325,8 @@ def _rows(results: dict[tuple[str, float], list[_Window]]) -> list[Row]:
                     "plain forwarder",
                 )
                 rows.append(_target(row, wanted if at_target else None))
+            for label, attribute in _OWN_PARTS:
+                rows.append(Row(f"{prefix} {label}, p50", _quantiles(windows, attribute, 0.5)))
             for fraction, wanted in _RECORDED:
                 row = Row(
                     f"{prefix} commit → recorded, p{fraction * 100:g}",
@@ -342,5 +356,10 @@ def run(quick: bool, runs: int) -> str:
         " Received: the claim in durable mode, the stand-in's send through Realtime"
         " (see `bench/pipeline.py`). The stand-in polls its change queue every 10 ms,"
         " which is most of the Realtime feed's share. Baseline: `bench/forwarder.py`.",
+        "flowd's own share in two: until the statement claiming the execution began"
+        " (`triggered_at`: reading the event, classifying it, waiting for the group"
+        " commit), then the claim's round trip, the wait for a FLOWD_CONCURRENCY slot and"
+        " the request. The claim comes before the action by design: an event runs each"
+        " flow at most once, whichever replica or replay sees it.",
     ]
     return render("Pipeline, end to end on loopback", rows, notes)
