@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import CroniterError, croniter
 
 from flowd.errors import FlowDefinitionError
 from flowd.models import Flow
+
+if TYPE_CHECKING:
+    from croniter import croniter
 
 MAX_COUNTED = 10_000  # missed ticks are counted up to this many (a log line, not a loop)
 
@@ -30,7 +31,7 @@ class Schedule:
 
     def next_after(self, instant: datetime) -> datetime:
         """The first due instant strictly after `instant`."""
-        due: datetime = croniter(self.expression, instant.astimezone(self.zone)).get_next(datetime)
+        due: datetime = _croniter(self.expression, instant.astimezone(self.zone)).get_next(datetime)
         return due.astimezone(UTC)
 
     def last_due(self, after: datetime, now: datetime) -> tuple[datetime | None, int]:
@@ -41,7 +42,7 @@ class Schedule:
         first = self.next_after(after)
         if first > now:
             return None, 0
-        latest: datetime = croniter(self.expression, now.astimezone(self.zone)).get_prev(datetime)
+        latest: datetime = _croniter(self.expression, now.astimezone(self.zone)).get_prev(datetime)
         latest = latest.astimezone(UTC)
         if self.next_after(latest) <= now:  # `now` is itself due (get_prev is strictly before)
             latest = self.next_after(latest)
@@ -62,8 +63,10 @@ def parse_schedule(expression: str | None, zone: str | None) -> Schedule:
             f"{expression!r} is not a cron expression of five fields"
             " (minute hour day-of-month month day-of-week), such as '0 8 * * *'"
         )
+    from croniter import CroniterError
+
     try:
-        croniter(" ".join(fields))
+        _croniter(" ".join(fields))
     except (CroniterError, ValueError) as exc:
         raise ValueError(f"{expression!r} is not a valid cron expression: {exc}") from None
     try:
@@ -73,6 +76,13 @@ def parse_schedule(expression: str | None, zone: str | None) -> Schedule:
             f"schedule_tz {zone!r} is not a time zone (write an IANA name such as Europe/Paris)"
         ) from None
     return Schedule(" ".join(fields), time_zone)
+
+
+def _croniter(expression: str, start: datetime | None = None) -> croniter:
+    # Imported here: croniter and dateutil take a megabyte that only scheduled flows need.
+    from croniter import croniter
+
+    return croniter(expression, start)
 
 
 def schedule_of(flow: Flow) -> Schedule:

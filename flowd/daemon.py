@@ -17,12 +17,11 @@ import contextlib
 import json
 from collections.abc import Hashable, Iterator
 from pathlib import Path
-from typing import IO, Any, Generic, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
 
 from flowd import metrics
 from flowd.app import App
 from flowd.chain import Cause, OwnWrites
-from flowd.config import Settings
 from flowd.db import CONNECTION_LOST
 from flowd.engine import Engine
 from flowd.errors import EventError, describe
@@ -31,11 +30,13 @@ from flowd.health import Health
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent
 from flowd.pipeline import Pipeline
-from flowd.realtime import Binding, RealtimeSource, Timing
 from flowd.schedule import Scheduler, TickRunner
 from flowd.service import Supervision
 from flowd.signals import handle_signals
 from flowd.source import parse_event
+
+if TYPE_CHECKING:
+    from flowd.realtime import Binding
 
 log = get_logger()
 
@@ -203,8 +204,7 @@ class Daemon(abc.ABC, Generic[Item]):
             await asyncio.sleep(_DEBOUNCE_S)
             self._reload.clear()
             try:
-                flow_set = await self._app.load_flows(previous=self._engine.flows)
-                await self._swap(flow_set)
+                await self._swap(await self._app.load_flows(previous=self._engine.flows))
             except Exception as exc:  # a failed reload keeps the current flows running
                 log.error("flows.reload_failed", error=describe(exc))
 
@@ -250,13 +250,24 @@ class RealtimeDaemon(Daemon[ChangeEvent]):
         return self._app.engine(flow_set, own_writes=OwnWrites())
 
     async def _start(self, flow_set: FlowSet) -> None:
-        url, key = self._settings.require_supabase()
+        # Imported here: the Realtime client (websockets, its many pydantic models) takes
+        # megabytes that durable delivery does without.
+        from flowd.realtime import RealtimeSource, Timing
+
+        settings = self._settings
+        url, key = settings.require_supabase()
         self._source = RealtimeSource(
             url=url,
             key=key,
             sink=self._receive,
             room=self._pipeline.room,
-            timing=_timing(self._settings),
+            timing=Timing(
+                ready_timeout=settings.realtime_ready_timeout_s,
+                heartbeat=settings.realtime_heartbeat_s,
+                stall=settings.realtime_stall_s,
+                backoff=settings.realtime_backoff_s,
+                max_backoff=settings.realtime_max_backoff_s,
+            ),
         )
         self._source.set_bindings(self._bindings(flow_set))
 
@@ -319,13 +330,3 @@ class RealtimeDaemon(Daemon[ChangeEvent]):
             cut_short_executions=cut_short,
             events_not_finished=len(unfinished),
         )
-
-
-def _timing(settings: Settings) -> Timing:
-    return Timing(
-        ready_timeout=settings.realtime_ready_timeout_s,
-        heartbeat=settings.realtime_heartbeat_s,
-        stall=settings.realtime_stall_s,
-        backoff=settings.realtime_backoff_s,
-        max_backoff=settings.realtime_max_backoff_s,
-    )

@@ -70,6 +70,7 @@ class FlowSet:
     by_id: Mapping[int, Flow] = field(default_factory=dict)
     tables: Mapping[tuple[str, str], Table] = field(default_factory=dict)  # trigger tables
     schedules: Mapping[int, ScheduledFlow] = field(default_factory=dict)
+    compiled: Mapping[int, CompiledFlow] = field(default_factory=dict)  # every flow that runs
 
 
 def _flow_from(row: Mapping[str, Any]) -> Loaded:
@@ -115,11 +116,15 @@ def load_from_file(path: Path) -> list[Loaded]:
 
 
 async def _compile(
-    flow: Flow, catalog: Catalog | None
+    flow: Flow, catalog: Catalog | None, previous: FlowSet | None
 ) -> tuple[CompiledFlow, tuple[act.PreparedAction, ...]]:
     if flow.is_scheduled:
         schedule_of(flow)  # refuse a bad expression here, with the rest of the definition
-    return compile_flow(flow), await act.prepare(flow, catalog)
+    # A reload re-reads every flow: an unchanged one keeps its compiled rules, so that
+    # reloading allocates (and fragments the heap with) only what changed.
+    known = previous.compiled.get(flow.flow_id) if previous is not None else None
+    compiled = known if known is not None and known.flow == flow else compile_flow(flow)
+    return compiled, await act.prepare(flow, catalog)
 
 
 async def _scheduled(compiled: CompiledFlow, catalog: Catalog | None) -> ScheduledFlow:
@@ -144,10 +149,10 @@ async def prepare(
         try:
             if isinstance(item, FlowDefinitionError):
                 raise item
-            flow, prepared = await _compile(item, catalog)
+            flow, prepared = await _compile(item, catalog, previous)
         except FlowDefinitionError as problem:
             refused.append(problem)
-            last_good = previous.by_id.get(problem.flow_id) if previous else None
+            last_good = previous.compiled.get(problem.flow_id) if previous else None
             log.error(
                 "flow.refused",
                 flow_id=problem.flow_id,
@@ -157,10 +162,14 @@ async def prepare(
             )
             if last_good is None or previous is None:
                 continue
-            flow, prepared = compile_flow(last_good), previous.actions[problem.flow_id]
+            flow, prepared = last_good, previous.actions[problem.flow_id]
         compiled.append(flow)
         actions[flow.flow.flow_id] = prepared
-    index = FlowIndex(c for c in compiled if not c.flow.is_scheduled)
+    by_id = {c.flow.flow_id: c for c in compiled}
+    if previous is not None and _same(by_id, previous.compiled):
+        index = previous.index  # nothing changed: building it again would only churn memory
+    else:
+        index = FlowIndex(c for c in compiled if not c.flow.is_scheduled)
     schedules = {
         c.flow.flow_id: await _scheduled(c, catalog) for c in compiled if c.flow.is_scheduled
     }
@@ -176,4 +185,12 @@ async def prepare(
         by_id={c.flow.flow_id: c.flow for c in compiled if c.flow.is_enabled},
         tables=tables,
         schedules=schedules,
+        compiled=by_id,
+    )
+
+
+def _same(compiled: Mapping[int, CompiledFlow], previous: Mapping[int, CompiledFlow]) -> bool:
+    """The very same compiled flows (not merely equal ones): an index of one is of both."""
+    return compiled.keys() == previous.keys() and all(
+        compiled[flow_id] is previous[flow_id] for flow_id in compiled
     )
