@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -37,6 +37,7 @@ class App:
     pool: asyncpg.Pool | None
     runner: ActionRunner
     execution_log: Recorder | None  # None without a database
+    database_flows: flow_store.DatabaseFlows = field(default_factory=flow_store.DatabaseFlows)
 
     @property
     def database(self) -> asyncpg.Pool:
@@ -51,7 +52,7 @@ class App:
         """Every flow as written: from a flows file, else from the database."""
         if flows_file is not None:
             return flow_store.load_from_file(Path(flows_file))
-        return await flow_store.load_from_database(self.database, self.settings.schema_name)
+        return await self.database_flows.load(self.database, self.settings.schema_name)
 
     async def load_flows(
         self, flows_file: str | None = None, previous: flow_store.FlowSet | None = None

@@ -6,6 +6,7 @@ is refused with one log line and left out, and every other flow runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -80,20 +81,37 @@ def _flow_from(row: Mapping[str, Any]) -> Loaded:
         return FlowDefinitionError(int(row.get("flow_id", 0)), *first_problem(exc, "definition"))
 
 
-async def load_from_database(pool: asyncpg.Pool | asyncpg.Connection, schema: str) -> list[Loaded]:
-    """Every flow in `flows` with its rules and actions (disabled ones too)."""
-    try:
-        rows = await pool.fetch(_FLOWS_SQL.format(schema=quote_ident(schema)))
-    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-        raise ConfigurationError(
-            f"flowd's tables are not in schema {schema}: run `flowd migrate` first"
-        ) from None
-    return [
-        _flow_from(
-            {**row, "rules": json.loads(row["rules"]), "actions": json.loads(row["actions"])}
-        )
-        for row in rows
-    ]
+class DatabaseFlows:
+    """Reads the flows of the database; a row unchanged since the last read is not parsed again.
+
+    The daemon reads every flow at each reload: parsing them all anew would only make
+    garbage, the heap would grow by it, and the process keep what it grew by.
+    """
+
+    def __init__(self) -> None:
+        self._parsed: dict[bytes, Flow] = {}  # by the digest of the row it was parsed from
+
+    async def load(self, pool: asyncpg.Pool | asyncpg.Connection, schema: str) -> list[Loaded]:
+        """Every flow in `flows` with its rules and actions (disabled ones too)."""
+        try:
+            rows = await pool.fetch(_FLOWS_SQL.format(schema=quote_ident(schema)))
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+            raise ConfigurationError(
+                f"flowd's tables are not in schema {schema}: run `flowd migrate` first"
+            ) from None
+        loaded, parsed = [], {}
+        for row in rows:
+            # The values are ints, text, booleans and NULLs, whose repr tells them apart.
+            digest = hashlib.blake2b(repr(tuple(row.values())).encode(), digest_size=16).digest()
+            flow = self._parsed.get(digest) or _flow_from(
+                {**row, "rules": json.loads(row["rules"]), "actions": json.loads(row["actions"])}
+            )
+            # A refusal is made anew each time: raised again, one object would gather tracebacks.
+            if isinstance(flow, Flow):
+                parsed[digest] = flow
+            loaded.append(flow)
+        self._parsed = parsed
+        return loaded
 
 
 def load_from_file(path: Path) -> list[Loaded]:
