@@ -21,7 +21,6 @@ from flowd import replay
 from flowd.app import configure_logging, load_secrets, open_app
 from flowd.config import Settings, env_names, load_settings
 from flowd.daemon import RealtimeDaemon
-from flowd.demo import run_demo
 from flowd.durable import DurableDaemon, drain
 from flowd.errors import ConfigurationError, DatabaseUnreachable
 from flowd.eventlog import CaptureTriggers
@@ -195,6 +194,9 @@ async def _validate(args: argparse.Namespace, settings: Settings, secrets: Secre
 
 async def _dispatch(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
     if args.command == "demo":
+        # Imported here: the demo's local PostgreSQL and HTTP receiver are no daemon's concern.
+        from flowd.demo import run_demo
+
         return await run_demo()
     if args.command == "migrate":
         return await _migrate(settings, secrets)
