@@ -22,7 +22,7 @@ from flowd.classify import CompiledFlow, FlowIndex, compile_flow
 from flowd.cron import Schedule, schedule_of
 from flowd.errors import ConfigurationError, FlowDefinitionError, first_problem
 from flowd.logs import get_logger
-from flowd.models import Flow
+from flowd.models import Flow, parse_flow
 
 log = get_logger()
 
@@ -76,7 +76,7 @@ class FlowSet:
 
 def _flow_from(row: Mapping[str, Any]) -> Loaded:
     try:
-        return Flow.model_validate(row)
+        return parse_flow(row)
     except pydantic.ValidationError as exc:
         return FlowDefinitionError(int(row.get("flow_id", 0)), *first_problem(exc, "definition"))
 

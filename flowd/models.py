@@ -1,8 +1,12 @@
 """Plain data passed between the stages: change events, flow definitions, outcomes.
 
-Everything here is a frozen pydantic model with no I/O. The source stage builds
+Everything here is frozen pydantic data with no I/O. The source stage builds
 `ChangeEvent`s, the flow store builds `Flow`s, the classifier reads both, the
 actions produce `ActionOutcome`s and the recorder writes them.
+
+A flow's definition (`Flow`, `Rule`, `Action`) is a slotted pydantic dataclass, not a
+model: the daemon holds every flow for its whole life, and a model's `__dict__` and set
+of the fields set would more than double what each one takes.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import json
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
 # SCHEDULE: not a change but a row read by a scheduled flow's tick (flowd.schedule).
 ChangeType = Literal["INSERT", "UPDATE", "DELETE", "SCHEDULE"]
@@ -117,9 +122,8 @@ class ChangeEvent(BaseModel):
         }
 
 
-class Rule(BaseModel):
-    model_config = _frozen
-
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
     rule_id: int | None = None
     field: str
     operator: str
@@ -134,19 +138,17 @@ class Rule(BaseModel):
         return json.dumps(value)
 
 
-class Action(BaseModel):
-    model_config = _frozen
-
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Action:
     action_id: int | None = None
     type: str
     config: dict[str, Any] = Field(default_factory=dict)
     position: int = 0
 
 
-class Flow(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Flow:
     """A flow as stored in `flows`, with its rules and actions."""
-
-    model_config = _frozen
 
     flow_id: int
     name: str
@@ -171,6 +173,14 @@ class Flow(BaseModel):
     @property
     def ordered_actions(self) -> tuple[Action, ...]:
         return tuple(sorted(self.actions, key=lambda a: (a.position, a.action_id or 0)))
+
+
+_FLOW = TypeAdapter(Flow)
+
+
+def parse_flow(data: Any) -> Flow:
+    """A flow from its stored or written shape (a mapping); pydantic.ValidationError if invalid."""
+    return _FLOW.validate_python(data)
 
 
 class ActionOutcome(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from functools import cache
 from pathlib import Path
@@ -1250,7 +1251,8 @@ BAD_SETTINGS = [
 @pytest.mark.parametrize(("setting", "value", "reason"), BAD_SETTINGS)
 def test_compile_flow_refuses_bad_settings(setting: str, value: str, reason: str) -> None:
     """A bad match, trigger_event or trigger_table is refused, naming the setting."""
-    flow = make_flow(flow_id=42).model_copy(update={setting: value})
+    changed: dict[str, Any] = {setting: value}
+    flow = dataclasses.replace(make_flow(flow_id=42), **changed)
     with pytest.raises(FlowDefinitionError) as raised:
         compile_flow(flow)
     assert (raised.value.flow_id, raised.value.where) == (42, setting)
@@ -1304,7 +1306,8 @@ def test_compile_flow_accepts_good_rules(rule: RuleSpec) -> None:
 )
 def test_compile_flow_accepts_good_settings(setting: str, value: str) -> None:
     """match and trigger_event in any case and a `schema.table` trigger_table compile."""
-    flow = make_flow().model_copy(update={setting: value})
+    changed: dict[str, Any] = {setting: value}
+    flow = dataclasses.replace(make_flow(), **changed)
     assert compile_flow(flow).flow is flow
 
 

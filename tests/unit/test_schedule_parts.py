@@ -14,7 +14,7 @@ from flowd.cli import parse_args
 from flowd.cron import parse_schedule, schedule_of
 from flowd.errors import ConfigurationError, FlowDefinitionError
 from flowd.flows import prepare
-from flowd.models import ChangeEvent, Flow, Rule
+from flowd.models import ChangeEvent, Flow, Rule, parse_flow
 from flowd.reltime import evaluated_at, parse_relative
 
 
@@ -30,7 +30,7 @@ def scheduled_flow(**fields: Any) -> Flow:
         "trigger_event": "SCHEDULE",
         "schedule": "*/5 * * * *",
     }
-    return Flow.model_validate(base | fields)
+    return parse_flow(base | fields)
 
 
 def test_every_five_minutes_is_due_at_the_right_instants() -> None:
