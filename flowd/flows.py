@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +105,7 @@ class DatabaseFlows:
             # The values are ints, text, booleans and NULLs, whose repr tells them apart.
             digest = hashlib.blake2b(repr(tuple(row.values())).encode(), digest_size=16).digest()
             flow = self._parsed.get(digest) or _flow_from(
-                {**row, "rules": json.loads(row["rules"]), "actions": json.loads(row["actions"])}
+                {**row, "rules": _json(row["rules"]), "actions": _json(row["actions"])}
             )
             # A refusal is made anew each time: raised again, one object would gather tracebacks.
             if isinstance(flow, Flow):
@@ -112,6 +113,19 @@ class DatabaseFlows:
             loaded.append(flow)
         self._parsed = parsed
         return loaded
+
+
+def _json(text: str) -> Any:
+    """Parsed JSON whose object keys and text values are interned: flows kept for the
+    daemon's life repeat them (fields, operators, action types, config keys, often URLs)."""
+    return json.loads(text, object_pairs_hook=_interned)
+
+
+def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {
+        sys.intern(key): sys.intern(value) if isinstance(value, str) else value
+        for key, value in pairs
+    }
 
 
 def load_from_file(path: Path) -> list[Loaded]:
