@@ -152,11 +152,15 @@ async def _compile(
 ) -> tuple[CompiledFlow, tuple[act.PreparedAction, ...]]:
     if flow.is_scheduled:
         schedule_of(flow)  # refuse a bad expression here, with the rest of the definition
-    # A reload re-reads every flow: an unchanged one keeps its compiled rules, so that
-    # reloading allocates (and fragments the heap with) only what changed.
+    # A reload re-reads every flow: an unchanged one keeps its compiled rules and actions,
+    # so that reloading allocates (and fragments the heap with) only what changed.
     known = previous.compiled.get(flow.flow_id) if previous is not None else None
-    compiled = known if known is not None and known.flow == flow else compile_flow(flow)
-    return compiled, await act.prepare(flow, catalog)
+    if previous is None or known is None or known.flow != flow:
+        return compile_flow(flow), await act.prepare(flow, catalog)
+    prepared = previous.actions[flow.flow_id]
+    if any(isinstance(p.config, act.db_update.DbUpdateConfig) for p in prepared):
+        prepared = await act.prepare(flow, catalog)  # checked again: its table may have changed
+    return known, prepared
 
 
 async def _scheduled(compiled: CompiledFlow, catalog: Catalog | None) -> ScheduledFlow:
