@@ -5,12 +5,11 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flowd.errors import ConfigurationError, first_problem
 
@@ -25,14 +24,10 @@ def _env(name: str, default: Any, description: str, **constraints: Any) -> Any:
     return Field(default, validation_alias=name, description=description, **constraints)
 
 
-class Settings(BaseModel):
-    """flowd's settings, each read from the environment variable that is its alias.
+class Settings(BaseSettings):
+    """flowd's settings, each read from the environment variable that is its alias."""
 
-    A plain model that `load_settings` fills: pydantic-settings would cost some 5 MiB of
-    resident memory for what is a dictionary lookup per setting here.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True)
 
     database_url: SecretStr | None = _env("DATABASE_URL", None, "Postgres connection string")
     supabase_url: str | None = _env("SUPABASE_URL", None, "Supabase project URL")
@@ -225,22 +220,13 @@ def load_settings() -> Settings:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigurationError(f"unknown setting {key}{hint}")
-    # systemd's LoadCredential=: a file per secret setting (DATABASE_URL, ...);
-    # the environment wins over a file.
-    values = _credential_files(known) | {
-        name: value for name, value in os.environ.items() if name in known
-    }
     try:
-        return Settings.model_validate(values)
+        # systemd's LoadCredential=: a file per secret setting (DATABASE_URL, ...);
+        # the environment wins over a file.
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        return Settings(
+            _secrets_dir=credentials if credentials and os.path.isdir(credentials) else None
+        )
     except ValidationError as exc:
         where, problem = first_problem(exc, "settings")
         raise ConfigurationError(f"{where}: {problem}") from None
-
-
-def _credential_files(names: Iterable[str]) -> dict[str, str]:
-    """The settings that are files in $CREDENTIALS_DIRECTORY, each file's text stripped."""
-    directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not directory or not os.path.isdir(directory):
-        return {}
-    files = {name: Path(directory, name) for name in names}
-    return {name: path.read_text().strip() for name, path in files.items() if path.is_file()}
