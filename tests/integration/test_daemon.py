@@ -22,6 +22,7 @@ from tests.support.flowd_cli import RunningFlowd, run_flowd
 from tests.support.flows import add_flow, executions
 from tests.support.http_target import HttpTarget, Reply
 from tests.support.realtime_server import RealtimeStandIn
+from tests.support.wait import eventually
 
 SERVICE_KEY = "service-role-key-for-tests"
 # Fast supervision so failures are noticed and repaired within a test's patience.
@@ -336,9 +337,7 @@ async def test_two_replicas_run_each_flow_once_per_event(
     def skipped() -> int:
         return len(first.logged("flow.already_ran")) + len(second.logged("flow.already_ran"))
 
-    async with asyncio.timeout(30):
-        while skipped() < 20:  # each event: run by one replica, skipped by the other
-            await asyncio.sleep(0.05)
+    await eventually(lambda: skipped() == 20, 30)  # each event: one runs it, one skips it
     await asyncio.sleep(0.5)
     assert len(http_target.requests_to("/hook")) == 20
     assert len(await executions(db)) == 20

@@ -13,7 +13,7 @@ import copy
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import frame
 from tests.support.realtime_server import RealtimeStandIn, binding_id
+from tests.support.wait import eventually
 
 Frame = dict[str, Any]
 
@@ -132,14 +133,6 @@ async def insert(
         "INSERT INTO tasks (id, title, status, estimate) VALUES ($1, $2, $3, $4)",
         task_id, f"task {task_id}", status, Decimal(estimate),
     )  # fmt: skip
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 5) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)
 
 
 def shape(value: Any) -> Any:
