@@ -14,6 +14,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -91,27 +92,33 @@ Result = TypeVar("Result")
 
 
 class GroupWriter(Generic[Request, Result]):
-    """Group commit: requests made while a write is under way go together in the next write.
+    """Group commit: requests made while writes are under way go together in the next write.
 
-    `write(requests)` returns one result per request, in order. The write runs in its own
-    task, so a caller that is cancelled does not cut it short (its request still lands).
+    `write(requests)` returns one result per request, in order. Up to `writers` writes run
+    at once (on as many connections), so the database works on one group while the next
+    is gathered. Each runs in its own task: a caller that is cancelled does not cut it
+    short (its request still lands).
     """
 
     def __init__(
         self,
         write: Callable[[Sequence[Request]], Awaitable[Sequence[Result]]],
         max_batch: int = 500,
+        writers: int = 2,
     ) -> None:
         self._write = write
         self._max_batch = max_batch
+        self._writers = writers
         self._waiting: list[tuple[Request, asyncio.Future[Result]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     async def submit(self, request: Request) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting.append((request, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain())
+        if len(self._running) < self._writers:
+            writer = asyncio.create_task(self._drain())
+            self._running.add(writer)
+            writer.add_done_callback(self._running.discard)
         return await future
 
     async def _drain(self) -> None:
@@ -227,7 +234,9 @@ class Recorder:
         first: dict[tuple[int, str], int] = {}
         for index, request in enumerate(requests):
             first.setdefault(request.identity, index)
-        unique = [requests[index] for index in sorted(first.values())]
+        # In key order: two writes over the same keys (two writers, two replicas) lock them
+        # in the same order, so they wait for each other rather than deadlock.
+        unique = sorted((requests[index] for index in first.values()), key=attrgetter("identity"))
         on_conflict = (
             "DO UPDATE SET runs = e.runs + 1, triggered_at = now(), status = excluded.status,"
             " finished_at = excluded.finished_at, log = excluded.log WHERE e.status = 'RUNNING'"
