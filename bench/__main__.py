@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import classifier, execlog, memory, pipeline
+from bench import classifier, execlog, http_client, memory, pipeline
 from bench.report import machine
 
 SECTIONS: dict[str, Callable[[bool, int], str]] = {
     "classifier": classifier.run,
     "memory": memory.run,
+    "http": http_client.run,
     "pipeline": pipeline.run,
     "execlog": execlog.run,
 }
