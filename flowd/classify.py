@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import Enum, StrEnum
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from flowd.classify_index import (
     NOTHING_MATCHED,
@@ -38,6 +38,7 @@ from flowd.classify_index import (
     FlowPlan,
     FlowPredicate,
     Inline,
+    OrderBounds,
     RuleCheck,
     RulePlan,
 )
@@ -83,7 +84,9 @@ class EventView:
     new: dict[str, Any]
     old: dict[str, Any]
     subject: dict[str, Any]  # the record a field without `old.`/`new.` addresses
-    readings: dict[str, Reading]  # each addressed field read once, by its address
+    # each addressed field read once, by its address (`Reading`); for CHANGED*, each
+    # field's change (`ChangeReading`)
+    readings: dict[str, Any]
 
     def __init__(self, event: ChangeEvent) -> None:
         self.change_type = event.type
@@ -473,20 +476,36 @@ def _text_reading(value: object, typname: str | None) -> Reading:
     return _reading(value, typname)
 
 
+_KEPT_TEXT_READINGS: Final = 4096  # per column type: bounds the memory of distinct texts
+
+
 def _declared_reading(kind: _Kind) -> Callable[[object, str | None], Reading]:
+    """Reads a column of one declared type. Its text readings are kept: reading text as a
+    number or an instant is the costly part of a field, and a column's texts repeat."""
     read = _FIELD_READERS[kind]
+    kept: dict[str, Reading] = {}
 
     def reading(value: object, typname: str | None) -> Reading:
+        if type(value) is str:
+            found = kept.get(value)
+            if found is not None:
+                return found
+            if len(kept) >= _KEPT_TEXT_READINGS:
+                kept.clear()
         if value is None or value is _MISSING:
             return (value, typname, kind, None, NULL_KEY)
         actual = read(value)
-        return (value, typname, kind, actual, None if actual is None else (kind, actual))
+        found = (value, typname, kind, actual, None if actual is None else (kind, actual))
+        if type(value) is str:
+            kept[value] = found
+        return found
 
     return reading
 
 
 _TYPED_READINGS: Final[Mapping[str | None, Callable[[object, str | None], Reading]]] = {
     **dict.fromkeys(("text", "varchar", "bpchar", "uuid", "citext", "name"), _text_reading),
+    # one per type name: a kept reading carries its type name
     **{typname: _declared_reading(kind) for typname, kind in _TYPNAME_KINDS.items()},
 }
 
@@ -657,11 +676,18 @@ def _equal_test(value: str) -> FieldTest:
     return lambda field, typname: _equal_verdict(field, typname, expected)
 
 
-# A rule builder makes a rule's check from (rule.value, the field, negated?), says on
-# which index keys the (positive) rule holds, when it holds on those keys alone, and may
-# give the check as an expression to inline (`Inline`, see `flowd.classify_index`).
 Fetch = Callable[[EventView], Reading]
-Built = tuple[RuleCheck, frozenset[Hashable] | None, Inline | None]
+
+
+class Built(NamedTuple):
+    """What a rule builder makes of (rule.value, the field, negated?)."""
+
+    check: RuleCheck
+    keys: frozenset[Hashable] | None = None  # the index keys it holds on, if only on those
+    inline: Inline | None = None  # the check as an expression (see `flowd.classify_index`)
+    bounds: OrderBounds | None = None  # an order against a fixed value: its bound by kind
+
+
 RuleBuilder = Callable[[str, _FieldAddress, bool], Built]
 
 
@@ -703,8 +729,8 @@ def _keyed_rule(
 
     if negated:
         inline = "({r}[2] not in {c}unreadable and {r}[4] not in {c}keys)"
-        return holds_not, None, (inline, {"unreadable": unreadable, "keys": keys})
-    return holds, keys, ("{r}[4] in {c}keys", {"keys": keys})
+        return Built(holds_not, inline=(inline, {"unreadable": unreadable, "keys": keys}))
+    return Built(holds, keys, ("{r}[4] in {c}keys", {"keys": keys}))
 
 
 def _null_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
@@ -717,11 +743,13 @@ def _null_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
         return (view.readings.get(key) or read(view))[4] is not NULL_KEY
 
     if negated:
-        return holds_not, None, ("{r}[4] is not {c}null", {"null": NULL_KEY})
-    return holds, frozenset({NULL_KEY}), ("{r}[4] is {c}null", {"null": NULL_KEY})
+        return Built(holds_not, inline=("{r}[4] is not {c}null", {"null": NULL_KEY}))
+    return Built(holds, frozenset({NULL_KEY}), ("{r}[4] is {c}null", {"null": NULL_KEY}))
 
 
-def _order_rule(order: Callable[[Any, Any], Any]) -> RuleBuilder:
+def _order_rule(operator_name: str) -> RuleBuilder:
+    order = _ORDERS[operator_name]
+
     def build(value: str, field: _FieldAddress, negated: bool) -> Built:
         expected = _RuleValue.read(value)
         key, read = field.key, field.reader()
@@ -729,7 +757,7 @@ def _order_rule(order: Callable[[Any, Any], Any]) -> RuleBuilder:
         if expected.as_kind[_Kind.NUMBER] is not None:
             bounds[_Kind.TEXT] = None  # text against a number: "10" would sort before "9"
         if (offset := expected.offset) is not None:
-            return _relative_order_rule(order, offset, field), None, None
+            return _relative_order_rule(order, offset, field)
 
         def holds(view: EventView) -> bool:
             _, _, kind, actual, _ = view.readings.get(key) or read(view)
@@ -740,14 +768,16 @@ def _order_rule(order: Callable[[Any, Any], Any]) -> RuleBuilder:
             "(({c}bound := {c}bounds.get({r}[2])) is not None"
             " and {r}[3] is not None and {c}order({r}[3], {c}bound))"
         )
-        return holds, None, (inline, {"bounds": bounds, "order": order})
+        readable = {kind: bound for kind, bound in bounds.items() if bound is not None}
+        inlined = (inline, {"bounds": bounds, "order": order})
+        return Built(holds, inline=inlined, bounds=(operator_name, readable))
 
     return build
 
 
 def _relative_order_rule(
     order: Callable[[Any, Any], Any], offset: timedelta, field: _FieldAddress
-) -> RuleCheck:
+) -> Built:
     """An instant field ordered against `now` ± offset, `now` read when the event is."""
     key, read = field.key, field.reader()
 
@@ -757,7 +787,9 @@ def _relative_order_rule(
             return False
         return bool(order(actual, evaluation_time() + offset))
 
-    return holds
+    inline = "({r}[2] is {c}instant and {r}[3] is not None and {c}order({r}[3], {c}now() + {c}offset))"
+    values = {"instant": _Kind.INSTANT, "order": order, "now": evaluation_time, "offset": offset}
+    return Built(holds, inline=(inline, values))
 
 
 def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
@@ -769,7 +801,9 @@ def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
         value, typname, _, _, _ = view.readings.get(key) or read(view)
         return _contains_verdict(value, typname, expected) is holds_on
 
-    return holds, None, None
+    inline = "({c}verdict({r}[0], {r}[1], {c}expected) is {c}holds_on)"
+    values = {"verdict": _contains_verdict, "expected": expected, "holds_on": holds_on}
+    return Built(holds, inline=(inline, values))
 
 
 def _text_rule(test: Callable[[str, str], bool]) -> RuleBuilder:
@@ -781,7 +815,7 @@ def _text_rule(test: Callable[[str, str], bool]) -> RuleBuilder:
             return kind is _Kind.TEXT and isinstance(text, str) and test(text, value)
 
         inline = "({r}[2] is {c}text and isinstance({r}[3], str) and {c}test({r}[3], {c}value))"
-        return holds, None, (inline, {"text": _Kind.TEXT, "test": test, "value": value})
+        return Built(holds, inline=(inline, {"text": _Kind.TEXT, "test": test, "value": value}))
 
     return build
 
@@ -798,7 +832,7 @@ def _matches_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
         return kind is _Kind.TEXT and isinstance(text, str) and search(text) is not None
 
     inline = "({r}[2] is {c}text and isinstance({r}[3], str) and {c}search({r}[3]) is not None)"
-    return holds, None, (inline, {"text": _Kind.TEXT, "search": search})
+    return Built(holds, inline=(inline, {"text": _Kind.TEXT, "search": search}))
 
 
 def _readings_as(kind: _Kind, items: Iterable[_RuleValue | None]) -> frozenset[Scalar] | None:
@@ -814,7 +848,7 @@ def _readings_as(kind: _Kind, items: Iterable[_RuleValue | None]) -> frozenset[S
 
 _RULE_BUILDERS: Final[Mapping[str, RuleBuilder]] = {
     "=": _equal_rule,
-    **{name: _order_rule(order) for name, order in _ORDERS.items()},
+    **{name: _order_rule(name) for name in _ORDERS},
     "CONTAINS": _contains_rule,
     "STARTS_WITH": _text_rule(str.startswith),
     "ENDS_WITH": _text_rule(str.endswith),
@@ -900,33 +934,59 @@ def _rule_plan(field: str, operator_text: str, value: str | None) -> RulePlan:
     if value is None and operator_name not in _VALUE_FREE_OPERATORS:
         raise _Refused(f"operator {operator_name} needs a value")
     if operator_name in _CHANGE_OPERATORS:
-        check = _changed_check(operator_name, address, value)
-        return RulePlan(check, address.key, None, None, True)
+        return _changed_plan(operator_name, address, value)
     positive = _NEGATED.get(operator_name, operator_name)
-    check, keys, inline = _RULE_BUILDERS[positive](value or "", address, positive != operator_name)
-    return RulePlan(check, address.key, address.reader(), keys, False, inline)
+    built = _RULE_BUILDERS[positive](value or "", address, positive != operator_name)
+    return RulePlan(
+        built.check, address.key, address.reader(), built.keys, False, built.inline, built.bounds
+    )
 
 
-def _changed_check(operator_name: str, address: _FieldAddress, value: str | None) -> RuleCheck:
+ChangeReading = tuple[bool | None, object, str | None, object, str | None]
+"""A field's change in one UPDATE, worked out once for every CHANGED* rule on it:
+(changed, or None when `old` lacks it; old value and type name; new value and type name)."""
+
+
+def _changed_plan(operator_name: str, address: _FieldAddress, value: str | None) -> RulePlan:
     # An explicit old./new. prefix is ignored: CHANGED* always compares the two records.
-    then = None if value is None or operator_name == "CHANGED" else _equal_test(value)
-    compare_old = operator_name == "CHANGED_FROM"
-    column = address.column
+    key = "changed:" + address.key.partition(":")[2]
+    read = _change_reader(key, address)
+    if value is None or operator_name == "CHANGED":
+        check: RuleCheck = lambda view: (view.readings.get(key) or read(view))[0]  # noqa: E731
+        return RulePlan(check, key, read, None, True, ("{r}[0]", {}))
+    equal = _equal_test(value)
+    value_at = 1 if operator_name == "CHANGED_FROM" else 3  # the old value, or the new one
 
     def check(view: EventView) -> bool | None:
-        if view.change_type != "UPDATE":
-            return False
-        if column not in view.old:
-            # REPLICA IDENTITY DEFAULT: old carries only the primary key
-            return None if column in view.new or column in view.column_types else False
-        old_value, old_typname = _resolve(address, view.old, view.column_types)
-        new_value, new_typname = _resolve(address, view.new, view.column_types)
-        if old_value is _MISSING or new_value is _MISSING or _same_json(old_value, new_value):
-            return False
-        if then is None:
-            return True
-        if compare_old:
-            return then(old_value, old_typname) is _HOLDS
-        return then(new_value, new_typname) is _HOLDS
+        change: ChangeReading = view.readings.get(key) or read(view)
+        if not change[0]:
+            return change[0]
+        typname = change[value_at + 1]
+        return equal(change[value_at], typname if isinstance(typname, str) else None) is _HOLDS
 
-    return check
+    inline = f"({{r}}[0] and {{c}}equal({{r}}[{value_at}], {{r}}[{value_at + 1}]) is {{c}}holds)"
+    return RulePlan(check, key, read, None, True, (inline, {"equal": equal, "holds": _HOLDS}))
+
+
+def _change_reader(key: str, address: _FieldAddress) -> Callable[[EventView], ChangeReading]:
+    column = address.column
+
+    def read(view: EventView) -> ChangeReading:
+        change: ChangeReading
+        if view.change_type != "UPDATE":
+            change = (False, _MISSING, None, _MISSING, None)
+        elif column not in view.old:
+            # REPLICA IDENTITY DEFAULT: old carries only the primary key
+            lacks = column in view.new or column in view.column_types
+            change = (None if lacks else False, _MISSING, None, _MISSING, None)
+        else:
+            old_value, old_typname = _resolve(address, view.old, view.column_types)
+            new_value, new_typname = _resolve(address, view.new, view.column_types)
+            changed = not (
+                old_value is _MISSING or new_value is _MISSING or _same_json(old_value, new_value)
+            )
+            change = (changed, old_value, old_typname, new_value, new_typname)
+        view.readings[key] = change
+        return change
+
+    return read

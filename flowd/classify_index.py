@@ -1,5 +1,6 @@
-"""Indexing: how compiled rules become flow predicates, and how flows are filed so that an
-event only tries those its values select (see `Bucket`).
+"""Indexing: how compiled rules become flow predicates, and how the flows of one
+(schema, table, change type) are filed so that an event only tries those its values
+select (see `Bucket`).
 
 `flowd.classify` compiles each rule into a `RulePlan` and builds one `Bucket` per
 (schema, table, change type); this module never reads an event's fields itself.
@@ -8,9 +9,12 @@ event only tries those its values select (see `Bucket`).
 from __future__ import annotations
 
 import itertools
+from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from operator import itemgetter
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from flowd.models import Flow
 
@@ -25,6 +29,7 @@ __all__ = [
     "FlowPlan",
     "FlowPredicate",
     "Inline",
+    "OrderBounds",
     "RuleCheck",
     "RulePlan",
 ]
@@ -41,11 +46,14 @@ Inline = tuple[str, Mapping[str, object]]
 """A rule's check as a Python expression, and the values it names. In the text, `{r}`
 stands for the field's reading and `{c}` for the prefix its names are given; every value
 (rule.value read as each kind, key sets, bounds, functions) is passed by name, never
-written into the text."""
+written into the text. The first `{r}` is evaluated whenever the expression is."""
+
+OrderBounds = tuple[str, Mapping[Hashable, object]]
+"""An order rule against a fixed value: its operator (`>`, `>=`, `<`, `<=`) and the value
+read as each kind of field it can be ordered with (reading kind → bound)."""
 
 
-@dataclass(frozen=True)
-class Classification:
+class Classification(NamedTuple):
     """The flows an event matched, and those that could not tell without the old row."""
 
     flows: tuple[Flow, ...]
@@ -93,7 +101,7 @@ def any_holds(checks: tuple[RuleCheck, ...]) -> FlowPredicate:
     return any_holds
 
 
-# --------------------------------------------------------------------------- indexing
+# --------------------------------------------------------------------------- filing
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +110,19 @@ class RulePlan:
 
     check: RuleCheck
     field_key: str  # the address of the field it reads (`_FieldAddress.key`)
-    read: Fetch | None  # reads that field in an event (`_FieldAddress.reader`); None for CHANGED*
+    read: Fetch | None  # reads that field in an event (for CHANGED*, its change)
     keys: frozenset[Hashable] | None  # the reading keys on which it holds, if only on those
     changes: bool  # CHANGED*: reads the old row, and never holds outside UPDATE
     inline: Inline | None = None  # `check` as an expression over the field's reading
+    bounds: OrderBounds | None = None  # an order against a fixed value
+
+    @property
+    def is_key(self) -> bool:
+        """Whether an index can tell from the field's reading alone when the rule holds."""
+        return self.keys is not None or self.bounds is not None
+
+
+Filing = list[tuple[RulePlan | None, tuple[RulePlan, ...]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +134,13 @@ class FlowPlan:
         checks = tuple(rule.check for rule in rules)
         return all_hold(checks) if self.match_all else any_holds(checks)
 
-    def filing(self, change_type: str) -> list[tuple[RulePlan | None, tuple[RulePlan, ...]]]:
+    def filing(self, change_type: str, favoured: Mapping[str, int]) -> Filing:
         """How to find the flow among those of one change type (see `Bucket`).
 
-        [(rule, rest)]: file it under `rule`'s keys, then check the rules `rest` (none: it
+        [(rule, rest)]: file it under `rule`, then check the rules `rest` (none: it
         matched); [(None, rules)]: try `rules` on every event; []: it can never match.
+        `favoured` counts, by field, the flows that could be filed under it: of two rules
+        as selective, the flow is filed under the one whose field more flows read.
         """
         rules = self.rules
         if change_type != "UPDATE" and any(rule.changes for rule in rules):
@@ -133,184 +152,312 @@ class FlowPlan:
         if self.match_all:
             # a rule after a CHANGED* one is not a key: the CHANGED* one may need reporting
             leading = itertools.takewhile(lambda rule: not rule.changes, rules)
-            keyed = [rule for rule in leading if rule.keys is not None]
+            keyed = [rule for rule in leading if rule.is_key]
             if keyed:
-                key_rule = min(keyed, key=_selectivity)
+                key_rule = min(keyed, key=lambda rule: _selectivity(rule, favoured))
                 return [(key_rule, tuple(r for r in rules if r is not key_rule))]
         elif not any(rule.changes for rule in rules):
             # no CHANGED*, so no report to keep in order: each keyed rule that holds is a
             # match, and only the other rules are tried on every event
-            filed: list[tuple[RulePlan | None, tuple[RulePlan, ...]]]
-            filed = [(rule, ()) for rule in rules if rule.keys is not None]
-            others = tuple(rule for rule in rules if rule.keys is None)
+            filed: Filing = [(rule, ()) for rule in rules if rule.is_key]
+            others = tuple(rule for rule in rules if not rule.is_key)
             if filed:
                 return filed + ([(None, others)] if others else [])
         return [(None, rules)]
 
-
-def _selectivity(rule: RulePlan) -> tuple[bool, int]:
-    """Smaller for the rule that lets fewer events through: not a null test, fewest keys."""
-    keys = rule.keys or frozenset()
-    return NULL_KEY in keys, len(keys)
+    def keyed_fields(self) -> set[str]:
+        """The fields of the rules the flow could be filed under."""
+        return {rule.field_key for rule in self.rules if rule.is_key}
 
 
-_Entry = tuple[Flow, FlowPredicate | None]
-# A flow tried on every event: with its plan and the rules to try, or its predicate alone.
-_Scanned = tuple[Flow, FlowPlan, tuple[RulePlan, ...]] | tuple[Flow, None, FlowPredicate]
-_Add = Callable[[Flow], None]
-Scanner = Callable[["EventView", _Add, _Add], None]
+def _selectivity(rule: RulePlan, favoured: Mapping[str, int]) -> tuple[int, int, int]:
+    """Smaller for the rule that lets fewer events through: values before orders, not a
+    null test, fewest keys; then the field more flows are filed under (one read serves
+    them all)."""
+    if rule.keys is None:
+        return 2, 0, -favoured.get(rule.field_key, 0)
+    return NULL_KEY in rule.keys, len(rule.keys), -favoured.get(rule.field_key, 0)
+
+
+# --------------------------------------------------------------------------- the bucket
+
+_Filed = tuple[int, int | None]
+"""A filed flow: its position in the bucket (ascending id), and the number of the check
+of its other rules (see `Bucket._rests`), or None: it matched."""
+_Scanned = tuple[int, FlowPlan, tuple[RulePlan, ...]] | tuple[int, None, FlowPredicate]
+"""A flow tried on every event: its position, with its plan and the rules to try, or
+with its predicate alone."""
+BucketClassifier = Callable[["EventView"], Classification]
+
+# An order rule's operator → (the bisection that counts the bounds below a value, whether
+# the rule holds for the bounds counted or for the others)
+_CUTS: Final[Mapping[str, tuple[Callable[[Sequence[object], object], int], bool]]] = {
+    ">": (bisect_left, True),
+    ">=": (bisect_right, True),
+    "<": (bisect_right, False),
+    "<=": (bisect_left, False),
+}
 
 
 class Bucket:
     """The flows of one (schema, table, change type), filed so that an event tries few.
 
-    A flow whose rules must all hold, one of them an `=`, `IN` or `IS_NULL` ahead of any
-    CHANGED*, is filed under the reading keys on which that rule holds: an event tries it
-    only when the field's reading has one of those keys, then checks the other rules.
-    A flow any of whose rules may hold, each of them such a rule, is filed under each and
-    matches on a hit. Every other flow is tried on every event. Outside UPDATE, CHANGED*
-    never holds: flows that need one are left out, and those that may use one drop it.
+    A flow whose rules must all hold, one of them a key ahead of any CHANGED*, is filed
+    under that key: an `=`, `IN` or `IS_NULL` by the reading keys on which it holds, an
+    order against a fixed value (`>`, `<=`, …) by its bound, kept sorted so that one
+    bisection per event finds the rules that hold. An event tries the flow only when its
+    key holds, then checks the other rules. A flow any of whose rules may hold is filed
+    under each of its keys and matches on a hit; only its other rules are tried on every
+    event. Every other flow is tried on every event. Outside UPDATE, CHANGED* never
+    holds: flows that need one are left out, and those that may use one drop it.
+
+    The bucket's events are classified by a function generated for it on its first event
+    (loading stays quick): each field read once into a local, checks inline (`_Source`).
     """
 
-    __slots__ = ("_indexes", "_scan", "_scanned")
+    __slots__ = ("_classify", "flows", "index", "orders", "repeats", "rests", "scanned")
+
+    flows: tuple[Flow, ...]  # ascending id: a flow's position in the bucket
+    index: dict[str, tuple[Fetch, dict[Hashable, list[_Filed]]]]  # by field, by key
+    orders: dict[str, tuple[Fetch, dict[tuple[Hashable, str], list[tuple[object, _Filed]]]]]
+    """By field, by (reading kind, operator): (bound, flow) of the order rules."""
+    rests: list[tuple[RulePlan, ...]]  # the other rules of the filed ALL flows
+    scanned: list[_Scanned]
+    repeats: bool  # whether one flow may match by more than one rule
 
     def __init__(self, change_type: str, flows: Iterable[CompiledFlow]) -> None:
-        scanned: list[_Scanned] = []
-        fetchers: dict[str, Fetch] = {}
-        filed: dict[str, dict[Hashable, list[_Entry]]] = {}
-        for compiled in flows:
-            plan = compiled.plan
-            if plan is None:
-                scanned.append((compiled.flow, None, compiled.predicate))
+        compiled = tuple(flows)
+        plans = [c.plan for c in compiled if c.plan is not None]
+        favoured = Counter(field for plan in plans for field in plan.keyed_fields())
+        self.flows = tuple(c.flow for c in compiled)
+        self.index, self.orders, self.rests, self.scanned = {}, {}, [], []
+        self.repeats = False
+        for position, flow in enumerate(compiled):
+            if flow.plan is None:
+                self.scanned.append((position, None, flow.predicate))
                 continue
-            for rule, rules in plan.filing(change_type):
+            filing = flow.plan.filing(change_type, favoured)
+            self.repeats = self.repeats or len(filing) > 1
+            for rule, rules in filing:
                 if rule is None:
-                    scanned.append((compiled.flow, plan, rules))
-                    continue
-                assert rule.keys is not None
-                assert rule.read is not None
-                rest = plan.predicate(rules) if rules else None
-                by_key = filed.setdefault(rule.field_key, {})
-                for key in rule.keys:
-                    by_key.setdefault(key, []).append((compiled.flow, rest))
-                fetchers.setdefault(rule.field_key, rule.read)
-        self._scanned = tuple(scanned)
-        self._scan: Scanner | None = None  # generated on the first event: loading stays quick
-        self._indexes = tuple(
-            (field_key, fetchers[field_key], {k: tuple(entries) for k, entries in by_key.items()})
-            for field_key, by_key in filed.items()
-        )
+                    self.scanned.append((position, flow.plan, rules))
+                elif rules:
+                    self._file(rule, (position, len(self.rests)))
+                    self.rests.append(rules)
+                else:
+                    self._file(rule, (position, None))
+        self._classify: BucketClassifier | None = None
 
-    def _generate(self) -> Scanner:
-        self._scan = _scanner(self._scanned)
-        return self._scan
+    def _file(self, rule: RulePlan, filed: _Filed) -> None:
+        assert rule.read is not None
+        if rule.keys is not None:
+            by_key = self.index.setdefault(rule.field_key, (rule.read, {}))[1]
+            for key in rule.keys:
+                by_key.setdefault(key, []).append(filed)
+            return
+        assert rule.bounds is not None
+        operator_name, bound_by_kind = rule.bounds
+        by_kind = self.orders.setdefault(rule.field_key, (rule.read, {}))[1]
+        for kind, bound in bound_by_kind.items():
+            by_kind.setdefault((kind, operator_name), []).append((bound, filed))
 
     def classify(self, view: EventView) -> Classification:
-        matched: list[Flow] = []
-        lacking_identity: list[Flow] = []
-        if self._scanned:
-            scan = self._scan or self._generate()
-            scan(view, matched.append, lacking_identity.append)
-        found = False
-        readings = view.readings
-        for key, read, entries_by_key in self._indexes:
-            entries = entries_by_key.get((readings.get(key) or read(view))[4])
-            if entries is None:
-                continue
-            found = True
-            for flow, rest in entries:
-                if rest is None:
-                    matched.append(flow)
-                    continue
-                is_match, needs_full_identity = rest(view)
-                if is_match:
-                    matched.append(flow)
-                if needs_full_identity:
-                    lacking_identity.append(flow)
-        if not matched and not lacking_identity:
-            return NOTHING_MATCHED
-        if found:
-            return Classification(_ascending(matched), _ascending(lacking_identity))
-        return Classification(tuple(matched), tuple(lacking_identity))
+        if self._classify is None:
+            self._classify = _Source(self).classifier()
+        return self._classify(view)
 
 
-def _ascending(flows: Iterable[Flow]) -> tuple[Flow, ...]:
-    """Once each, ascending id."""
-    by_id = {flow.flow_id: flow for flow in flows}
-    return tuple(by_id[flow_id] for flow_id in sorted(by_id))
+# --------------------------------------------------------------------------- generating
+
+
+class _Namespace:
+    """The values generated functions name, and the functions once defined."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+        self._names: dict[int, str] = {}  # id of a value → its name
+
+    def name(self, value: object, hint: str) -> str:
+        name = self._names.get(id(value))
+        if name is None:
+            name = self._names[id(value)] = f"_{hint}{len(self.values)}"
+            self.values[name] = value
+        return name
+
+    def prefix(self, values: Mapping[str, object]) -> str:
+        """A prefix under which `values` are named by their keys (see `Inline`)."""
+        prefix = f"_p{len(self.values)}_"
+        self.values.update({prefix + suffix: value for suffix, value in values.items()})
+        return prefix
+
+    def define(self, functions: Iterable[str]) -> None:
+        text = "\n\n".join(functions)
+        exec(compile(text, "<flowd.classify_index>", "exec"), self.values)
+
+
+class _Body:
+    """The statements of one generated function, each field it reads kept in a local.
+
+    A field is read the first time an expression needs it (from `view.readings` if
+    another function read it) and kept in its local. Where the reading is sure to be
+    there (after the first rule of a chain, or further in the same chain), the local is
+    used as it is; elsewhere it is read if it is not yet.
+    """
+
+    def __init__(self, namespace: _Namespace, first_use: bool) -> None:
+        self.namespace = namespace
+        self.lines: list[str] = []
+        self.locals: dict[str, str] = {}  # field key → the local holding its reading
+        self.known: set[str] = set()  # fields sure to be read at this point of the text
+        # a function made of one chain reads each field at its first use: no local to test
+        self._first_use = first_use
+
+    def local(self, field_key: str) -> str:
+        local = self.locals.get(field_key)
+        if local is None:
+            local = self.locals[field_key] = f"r{len(self.locals)}"
+        return local
+
+    def read(self, rule: RulePlan) -> str:
+        """An expression reading the rule's field into its local."""
+        local = self.local(rule.field_key)
+        key = self.namespace.name(rule.field_key, "key")
+        read = f"get({key}) or {self.namespace.name(rule.read, 'read')}(view)"
+        self.known.add(rule.field_key)
+        return f"({local} := {read})" if self._first_use else f"({local} or ({local} := {read}))"
+
+    def check(self, rule: RulePlan) -> str:
+        """The rule's check as an expression."""
+        if rule.inline is None or rule.read is None:
+            return f"{self.namespace.name(rule.check, 'check')}(view)"
+        template, values = rule.inline
+        prefix = self.namespace.prefix(values)
+        local = self.local(rule.field_key)
+        # the first `{r}` is evaluated whenever the check is: the others find it read
+        reading = local if rule.field_key in self.known else self.read(rule)
+        first, _, rest = template.partition("{r}")
+        return (first + reading + rest.replace("{r}", local)).replace("{c}", prefix)
+
+    def chain(self, rules: Sequence[RulePlan], joiner: str) -> str:
+        """The rules' checks joined by `and`/`or`, of which only the first is sure to run."""
+        known = set(self.known)
+        text = f" {joiner} ".join(map(self.check, rules)) or "True"
+        if rules and rules[0].inline is not None and rules[0].read is not None:
+            known.add(rules[0].field_key)
+        self.known = known
+        return text
 
 
 class _Source:
-    """The text of one generated scanner, and the values its names stand for."""
+    """The text of a bucket's classifier, and the functions it calls:
 
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.values: dict[str, object] = {}
-        self._readings: dict[str, str] = {}  # field key → local holding its reading
+        read each field an index is keyed by;
+        for each index, the flows filed under the event's key (or whose bound the
+            value passes): matched, or their other rules checked (`rest` functions);
+        each scanned flow's rules, inline;
+        the matched positions, ascending and once each, as flows.
+    """
 
-    def name(self, value: object) -> str:
-        name = f"_v{len(self.values)}"
-        self.values[name] = value
-        return name
+    def __init__(self, bucket: Bucket) -> None:
+        self.bucket = bucket
+        self.namespace = _Namespace()
+        self.body = _Body(self.namespace, first_use=False)
 
-    def reading(self, rule: RulePlan) -> str:
-        """An expression for the rule's field reading: read once, shared with the closures."""
-        local = self._readings.get(rule.field_key)
-        if local is None:
-            local = self._readings[rule.field_key] = f"r{len(self._readings)}"
-            self.values[f"_k{local}"] = rule.field_key
-            self.values[f"_read{local}"] = rule.read
-        return f"({local} or ({local} := get(_k{local}) or _read{local}(view)))"
-
-    def check(self, rule: RulePlan) -> str:
-        if rule.inline is None or rule.read is None:
-            return f"{self.name(rule.check)}(view)"
-        template, values = rule.inline
-        prefix = f"_p{len(self.values)}_"
-        self.values.update({prefix + suffix: value for suffix, value in values.items()})
-        return template.replace("{r}", self.reading(rule)).replace("{c}", prefix)
-
-    def flow(self, entry: _Scanned) -> None:
-        flow = self.name(entry[0])
-        if entry[1] is None or (not entry[1].match_all and any(r.changes for r in entry[2])):
-            # an ANY flow with a CHANGED* rule reports in rule order: its own predicate does
-            predicate = self.name(entry[2] if entry[1] is None else entry[1].predicate(entry[2]))
-            self.lines += [
-                f"    is_match, lacks = {predicate}(view)",
-                f"    if is_match: matched({flow})",
-                f"    if lacks: lacking({flow})",
+    def classifier(self) -> BucketClassifier:
+        bucket, body, name = self.bucket, self.body, self.namespace.name
+        rests = self._rests()
+        lines = body.lines
+        reads = [
+            f"    {body.local(key)} = {name(read, 'read')}(view)"
+            for key, (read, _) in (bucket.index | bucket.orders).items()
+        ]
+        eager = set(body.locals)
+        body.known.update(eager)
+        for key, (_, by_key) in bucket.index.items():
+            index = {k: tuple((p, rests(n)) for p, n in filed) for k, filed in by_key.items()}
+            lines.append(f"    found = {name(index, 'index')}.get({body.local(key)}[4])")
+            lines.append("    if found is not None:")
+            self._try("found", 2)
+        for key, (_, by_kind) in bucket.orders.items():
+            groups: dict[Hashable, list[object]] = {}
+            for (kind, operator_name), filed in by_kind.items():
+                filed.sort(key=itemgetter(0))
+                cut, below = _CUTS[operator_name]
+                bounds = [bound for bound, _ in filed]
+                entries = tuple((p, rests(n)) for _, (p, n) in filed)
+                groups.setdefault(kind, []).append((cut, bounds, entries, below))
+            orders = {kind: tuple(kind_groups) for kind, kind_groups in groups.items()}
+            local = body.local(key)
+            lines += [
+                f"    groups = {name(orders, 'orders')}.get({local}[2])",
+                f"    if groups is not None and {local}[3] is not None:",
+                "        for cut, bounds, entries, below in groups:",
+                f"            at = cut(bounds, {local}[3])",
+                "            found = entries[:at] if below else entries[at:]",
             ]
-        elif entry[1].match_all:
+            self._try("found", 3)
+        for scanned in bucket.scanned:
+            self._scan(scanned)
+        head = ["def classify(view):", "    matched = []", "    lacking = []"]
+        head.append("    get = view.readings.get")
+        if lazy := [local for key, local in body.locals.items() if key not in eager]:
+            head.append(f"    {' = '.join(lazy)} = None")
+        if not bucket.index and not bucket.orders:
+            ordered = "matched"  # scanned in ascending order, once each
+        else:
+            ordered = "sorted(set(matched))" if bucket.repeats else "sorted(matched)"
+        flows = name(bucket.flows, "flows")
+        tail = [
+            "    if not matched and not lacking:",
+            f"        return {name(NOTHING_MATCHED, 'nothing')}",
+            f"    at = {flows}.__getitem__",
+            f"    return {name(Classification, 'classification')}("
+            f"tuple(map(at, {ordered})), tuple(map(at, sorted(lacking))))",
+        ]
+        self.namespace.define(["\n".join(head + reads + lines + tail)])
+        classify: BucketClassifier = self.namespace.values["classify"]  # type: ignore[assignment]
+        return classify
+
+    def _rests(self) -> Callable[[int | None], object]:
+        """Defines the rest functions; gives the one of a number (None for None)."""
+        texts = []
+        for number, rules in enumerate(self.bucket.rests):
             # `and` yields the first falsy verdict: None means the old row lacked the field
-            verdict = " and ".join(self.check(rule) for rule in entry[2]) or "True"
-            self.lines += [
-                f"    verdict = {verdict}",
-                f"    if verdict: matched({flow})",
-                f"    elif verdict is None: lacking({flow})",
+            chain = _Body(self.namespace, first_use=True).chain(rules, "and")
+            texts.append(f"def rest{number}(view, get):\n    return {chain}")
+        self.namespace.define(texts)
+        values = self.namespace.values
+        return lambda number: None if number is None else values[f"rest{number}"]
+
+    def _try(self, entries: str, depth: int) -> None:
+        """Statements trying the filed flows of `entries`, (position, rest) each."""
+        indent = "    " * depth
+        self.body.lines += [
+            f"{indent}for position, rest in {entries}:",
+            f"{indent}    if rest is None:",
+            f"{indent}        matched.append(position)",
+            f"{indent}    elif verdict := rest(view, get):",
+            f"{indent}        matched.append(position)",
+            f"{indent}    elif verdict is None:",
+            f"{indent}        lacking.append(position)",
+        ]
+
+    def _scan(self, scanned: _Scanned) -> None:
+        lines, (position, plan, rules) = self.body.lines, scanned
+        if plan is None or (not plan.match_all and any(rule.changes for rule in rules)):
+            # an ANY flow with a CHANGED* rule reports in rule order: its own predicate does
+            predicate = rules if plan is None else plan.predicate(rules)
+            lines += [
+                f"    is_match, lacks = {self.namespace.name(predicate, 'predicate')}(view)",
+                f"    if is_match: matched.append({position})",
+                f"    if lacks: lacking.append({position})",
+            ]
+        elif plan.match_all:
+            # `and` yields the first falsy verdict: None means the old row lacked the field
+            lines += [
+                f"    verdict = {self.body.chain(rules, 'and')}",
+                f"    if verdict: matched.append({position})",
+                f"    elif verdict is None: lacking.append({position})",
             ]
         else:
-            self.lines.append(
-                f"    if {' or '.join(self.check(rule) for rule in entry[2]) or 'True'}:"
-                f" matched({flow})"
-            )
-
-    def function(self) -> Scanner:
-        head = ["def scan(view, matched, lacking):", "    get = view.readings.get"]
-        if self._readings:
-            head.append(f"    {' = '.join(self._readings.values())} = None")
-        namespace = dict(self.values)
-        exec(compile("\n".join(head + self.lines), "<flowd.classify_index>", "exec"), namespace)
-        scan: Scanner = namespace["scan"]  # type: ignore[assignment]
-        return scan
-
-
-def _scanner(scanned: Sequence[_Scanned]) -> Scanner:
-    """One generated function trying every scanned flow in turn, its checks inline.
-
-    Saves a Python call per flow and per rule over calling the compiled predicates; a
-    field's reading is kept in a local as well as in `view.readings`, where the closures
-    of the checks not inlined (CONTAINS, CHANGED*) find it."""
-    source = _Source()
-    for entry in scanned:
-        source.flow(entry)
-    return source.function()
+            lines.append(f"    if {self.body.chain(rules, 'or')}: matched.append({position})")
