@@ -365,6 +365,11 @@ _FIELD_READERS: Final[Mapping[_Kind, Callable[[object], Scalar | None]]] = {
 
 def _reading(value: object, typname: str | None) -> Reading:
     """A field's value read once: its kind, its value as that kind, its index key."""
+    return (_READINGS.get(typname) or _reading_for(typname))(value, typname)
+
+
+def _any_reading(value: object, typname: str | None) -> Reading:
+    """`_reading` worked out from the type name and the value alike."""
     kind = _kind_of(value, typname)
     if value is None or value is _MISSING:
         return (value, typname, kind, None, NULL_KEY)
@@ -462,52 +467,102 @@ def _column_reader(key: str, record: Callable[[EventView], dict[str, Any]], colu
     def read(view: EventView) -> Reading:
         typname = view.column_types.get(column)
         value = record(view).get(column, _MISSING)
-        reading = view.readings[key] = _TYPED_READINGS.get(typname, _reading)(value, typname)
+        reading = view.readings[key] = (_READINGS.get(typname) or _reading_for(typname))(
+            value, typname
+        )
         return reading
 
     return read
 
 
-# `_reading` for a column whose type alone says how it is read, without working out the
-# kind of each value: a declared kind (number, boolean, instant), or text for a string.
+# `_reading` by type name, so that a field's type name and value tell its reading with as
+# little work as can be: the common cases are read straight, the others by `_any_reading`.
+ReadingFunction = Callable[[object, str | None], Reading]
+
+
 def _text_reading(value: object, typname: str | None) -> Reading:
+    """A text-like column (text, uuid, an enum, …)."""
     if type(value) is str:
         return (value, typname, _Kind.TEXT, value, (_Kind.TEXT, value))
-    return _reading(value, typname)
+    return _any_reading(value, typname)
 
 
-_KEPT_TEXT_READINGS: Final = 4096  # per column type: bounds the memory of distinct texts
+def _array_reading(value: object, typname: str | None) -> Reading:
+    """A typed array column: never equal to anything nor ordered."""
+    if value is None or value is _MISSING:
+        return (value, typname, _Kind.ARRAY, None, NULL_KEY)
+    return (value, typname, _Kind.ARRAY, None, None)
 
 
-def _declared_reading(kind: _Kind) -> Callable[[object, str | None], Reading]:
-    """Reads a column of one declared type. Its text readings are kept: reading text as a
-    number or an instant is the costly part of a field, and a column's texts repeat."""
+def _json_reading(value: object, typname: str | None) -> Reading:
+    """A value whose kind its JSON type says: below json/jsonb, or of no known column."""
+    # exact types only: a bool is an int, which the table keeps apart
+    kind = _JSON_KINDS.get(type(value))
+    if kind is _Kind.TEXT or kind is _Kind.BOOL or type(value) is int:
+        return (value, typname, kind, value, (kind, value))  # type: ignore[return-value]
+    if kind is _Kind.NULL:
+        return (value, typname, kind, None, NULL_KEY)
+    if kind is _Kind.ARRAY or kind is _Kind.OBJECT:
+        return (value, typname, kind, None, None)  # type: ignore[return-value]
+    return _any_reading(value, typname)
+
+
+_JSON_KINDS: Final[Mapping[type, _Kind]] = {
+    str: _Kind.TEXT,
+    bool: _Kind.BOOL,
+    int: _Kind.NUMBER,
+    list: _Kind.ARRAY,
+    dict: _Kind.OBJECT,
+    type(None): _Kind.NULL,
+    _Missing: _Kind.NULL,
+}
+
+_KEPT_READINGS: Final = 4096  # per column type and value type: bounds the memory they take
+
+
+def _declared_reading(kind: _Kind) -> ReadingFunction:
+    """Reads a column of one declared type (a number, a boolean, an instant).
+
+    Its readings of plain values are kept, apart by the value's exact type (1, 1.0 and
+    True are equal keys of one dict): reading text or a float as a number or an instant
+    is the costly part of a field, and a column's values repeat across events."""
     read = _FIELD_READERS[kind]
-    kept: dict[str, Reading] = {}
+    kept_by_type: dict[type, dict[object, Reading]] = {str: {}, int: {}, float: {}, bool: {}}
 
     def reading(value: object, typname: str | None) -> Reading:
-        if type(value) is str:
-            found = kept.get(value)
-            if found is not None:
-                return found
-            if len(kept) >= _KEPT_TEXT_READINGS:
+        kept = kept_by_type.get(type(value))
+        if kept is None:  # null, missing, or a value the column cannot hold
+            if value is None or value is _MISSING:
+                return (value, typname, kind, None, NULL_KEY)
+            actual = read(value)
+            return (value, typname, kind, actual, None if actual is None else (kind, actual))
+        found = kept.get(value)
+        if found is None:
+            if len(kept) >= _KEPT_READINGS:
                 kept.clear()
-        if value is None or value is _MISSING:
-            return (value, typname, kind, None, NULL_KEY)
-        actual = read(value)
-        found = (value, typname, kind, actual, None if actual is None else (kind, actual))
-        if type(value) is str:
+            actual = read(value)
+            found = (value, typname, kind, actual, None if actual is None else (kind, actual))
             kept[value] = found
         return found
 
     return reading
 
 
-_TYPED_READINGS: Final[Mapping[str | None, Callable[[object, str | None], Reading]]] = {
+_READINGS: Final[dict[str | None, ReadingFunction]] = {
+    **dict.fromkeys((None, *_JSON_TYPNAMES), _json_reading),
     **dict.fromkeys(("text", "varchar", "bpchar", "uuid", "citext", "name"), _text_reading),
     # one per type name: a kept reading carries its type name
     **{typname: _declared_reading(kind) for typname, kind in _TYPNAME_KINDS.items()},
 }
+
+
+def _reading_for(typname: str | None) -> ReadingFunction:
+    """The reading of a type name not met yet (arrays, enums, domains), kept for the next."""
+    if typname is None or typname in _READINGS:
+        return _READINGS[typname]
+    reading = _array_reading if typname.startswith("_") else _text_reading
+    _READINGS[typname] = reading
+    return reading
 
 
 _RECORDS: Final[Mapping[str, Callable[[EventView], dict[str, Any]]]] = {
