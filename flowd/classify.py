@@ -89,11 +89,11 @@ class EventView:
     readings: dict[str, Any]
 
     def __init__(self, event: ChangeEvent) -> None:
-        self.change_type = event.type
+        self.change_type = change_type = event.type
         self.column_types = event.column_types
-        self.new = event.new
-        self.old = event.old
-        self.subject = self.old if event.type == "DELETE" else self.new
+        self.new = new = event.record or {}  # as `event.new`, without the call
+        self.old = old = event.old_record or {}
+        self.subject = old if change_type == "DELETE" else new
         self.readings = {}
 
 
@@ -856,8 +856,22 @@ def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
         value, typname, _, _, _ = view.readings.get(key) or read(view)
         return _contains_verdict(value, typname, expected) is holds_on
 
-    inline = "({c}verdict({r}[0], {r}[1], {c}expected) is {c}holds_on)"
-    values = {"verdict": _contains_verdict, "expected": expected, "holds_on": holds_on}
+    # text, the common case, is tested inline: its reading is the text, or None when null
+    if negated:
+        in_text = "({r}[3] is None or {c}text not in {r}[3])"
+    else:
+        in_text = "{r}[3] is not None and {c}text in {r}[3]"
+    inline = (
+        f"({{r}}[2] is {{c}}text_kind and {in_text} or {{r}}[2] is not {{c}}text_kind"
+        " and {c}verdict({r}[0], {r}[1], {c}expected) is {c}holds_on)"
+    )
+    values = {
+        "text": value,
+        "text_kind": _Kind.TEXT,
+        "verdict": _contains_verdict,
+        "expected": expected,
+        "holds_on": holds_on,
+    }
     return Built(holds, inline=(inline, values))
 
 

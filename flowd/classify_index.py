@@ -170,13 +170,11 @@ class FlowPlan:
         return {rule.field_key for rule in self.rules if rule.is_key}
 
 
-def _selectivity(rule: RulePlan, favoured: Mapping[str, int]) -> tuple[int, int, int]:
-    """Smaller for the rule that lets fewer events through: values before orders, not a
-    null test, fewest keys; then the field more flows are filed under (one read serves
-    them all)."""
-    if rule.keys is None:
-        return 2, 0, -favoured.get(rule.field_key, 0)
-    return NULL_KEY in rule.keys, len(rule.keys), -favoured.get(rule.field_key, 0)
+def _selectivity(rule: RulePlan, favoured: Mapping[str, int]) -> tuple[bool, bool, int, int]:
+    """Smaller for the better key: values before orders, then not a null test, then the
+    field more flows may be filed under (read once for them all), then fewest keys."""
+    keys = rule.keys or ()
+    return rule.keys is None, NULL_KEY in keys, -favoured.get(rule.field_key, 0), len(keys)
 
 
 # --------------------------------------------------------------------------- the bucket
@@ -406,13 +404,12 @@ class _Source:
             ordered = "matched"  # scanned in ascending order, once each
         else:
             ordered = "sorted(set(matched))" if bucket.repeats else "sorted(matched)"
-        flows = name(bucket.flows, "flows")
+        at = name(bucket.flows.__getitem__, "flow_at")
         tail = [
             "    if not matched and not lacking:",
             f"        return {name(NOTHING_MATCHED, 'nothing')}",
-            f"    at = {flows}.__getitem__",
-            f"    return {name(Classification, 'classification')}("
-            f"tuple(map(at, {ordered})), tuple(map(at, sorted(lacking))))",
+            f"    return {name(Classification, 'classification')}(tuple(map({at}, {ordered})),"
+            f" tuple(map({at}, sorted(lacking))) if lacking else ())",
         ]
         self.namespace.define(["\n".join(head + reads + lines + tail)])
         classify: BucketClassifier = self.namespace.values["classify"]  # type: ignore[assignment]

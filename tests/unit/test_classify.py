@@ -401,6 +401,7 @@ CONTAINS = cases(
     ("title", "CONTAINS", "realtime contract", {}, True),
     ("title", "CONTAINS", "Realtime", {}, False),
     ("title", "CONTAINS", "", {}, True),
+    ("title", "CONTAINS", "", {"title": None}, False),
     ("tags", "CONTAINS", "backend", {}, True),
     ("tags", "CONTAINS", "Backend", {}, False),
     ("tags", "CONTAINS", "back", {}, False),
@@ -447,6 +448,7 @@ def test_contains(
 NOT_CONTAINS = cases(
     ("title", "NOT_CONTAINS", "urgent", {}, True),
     ("title", "NOT_CONTAINS", "realtime", {}, False),
+    ("title", "NOT_CONTAINS", "", {"title": None}, True),
     ("tags", "NOT_CONTAINS", "shipped", {}, True),
     ("tags", "NOT_CONTAINS", "backend", {}, False),
     ("meta", "NOT_CONTAINS", "owner", {}, True),
