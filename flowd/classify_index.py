@@ -12,7 +12,7 @@ import itertools
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import TYPE_CHECKING, Final, NamedTuple
 
@@ -441,13 +441,21 @@ class _Source:
 
     def _scan(self, scanned: _Scanned) -> None:
         lines, (position, plan, rules) = self.body.lines, scanned
-        if plan is None or (not plan.match_all and any(rule.changes for rule in rules)):
-            # an ANY flow with a CHANGED* rule reports in rule order: its own predicate does
-            predicate = rules if plan is None else plan.predicate(rules)
+        if plan is None:
             lines += [
-                f"    is_match, lacks = {self.namespace.name(predicate, 'predicate')}(view)",
+                f"    is_match, lacks = {self.namespace.name(rules, 'predicate')}(view)",
                 f"    if is_match: matched.append({position})",
                 f"    if lacks: lacking.append({position})",
+            ]
+        elif not plan.match_all and any(rule.changes for rule in rules):
+            # Whether an ANY flow needs reporting depends on the order of its rules: only
+            # when one of its fields' change is unknown, its predicate tells
+            unknown = [replace(r, inline=("{r}[0] is None", {})) for r in rules if r.changes]
+            predicate = self.namespace.name(plan.predicate(rules), "predicate")
+            lines += [
+                f"    if {self.body.chain(rules, 'or')}: matched.append({position})",
+                f"    if ({self.body.chain(unknown, 'or')}) and {predicate}(view)[1]:",
+                f"        lacking.append({position})",
             ]
         elif plan.match_all:
             # `and` yields the first falsy verdict: None means the old row lacked the field
