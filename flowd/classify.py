@@ -691,8 +691,13 @@ def _contains_verdict(value: object, typname: str | None, expected: _RuleValue) 
     return _FAILS
 
 
+_CONTAINERS: Final = (list, dict)
+
+
 def _same_json(left: object, right: object) -> bool:
     """JSON equality as decoded: unlike Python's ==, true is not 1."""
+    if type(left) is type(right) and not isinstance(left, _CONTAINERS):
+        return left == right  # text, numbers, booleans and nulls of one type: the usual case
     if isinstance(left, bool) or isinstance(right, bool):
         return left is right
     if isinstance(left, int | float) and isinstance(right, int | float):
@@ -842,7 +847,9 @@ def _relative_order_rule(
             return False
         return bool(order(actual, evaluation_time() + offset))
 
-    inline = "({r}[2] is {c}instant and {r}[3] is not None and {c}order({r}[3], {c}now() + {c}offset))"
+    inline = (
+        "({r}[2] is {c}instant and {r}[3] is not None and {c}order({r}[3], {c}now() + {c}offset))"
+    )
     values = {"instant": _Kind.INSTANT, "order": order, "now": evaluation_time, "offset": offset}
     return Built(holds, inline=(inline, values))
 
@@ -1007,7 +1014,7 @@ def _rule_plan(field: str, operator_text: str, value: str | None) -> RulePlan:
     positive = _NEGATED.get(operator_name, operator_name)
     built = _RULE_BUILDERS[positive](value or "", address, positive != operator_name)
     return RulePlan(
-        built.check, address.key, address.reader(), built.keys, False, built.inline, built.bounds
+        built.check, address.key, address.reader(), built.keys, None, built.inline, built.bounds
     )
 
 
@@ -1022,7 +1029,7 @@ def _changed_plan(operator_name: str, address: _FieldAddress, value: str | None)
     read = _change_reader(key, address)
     if value is None or operator_name == "CHANGED":
         check: RuleCheck = lambda view: (view.readings.get(key) or read(view))[0]  # noqa: E731
-        return RulePlan(check, key, read, None, True, ("{r}[0]", {}))
+        return RulePlan(check, key, read, None, address.column, ("{r}[0]", {}))
     equal = _equal_test(value)
     value_at = 1 if operator_name == "CHANGED_FROM" else 3  # the old value, or the new one
 
@@ -1034,7 +1041,8 @@ def _changed_plan(operator_name: str, address: _FieldAddress, value: str | None)
         return equal(change[value_at], typname if isinstance(typname, str) else None) is _HOLDS
 
     inline = f"({{r}}[0] and {{c}}equal({{r}}[{value_at}], {{r}}[{value_at + 1}]) is {{c}}holds)"
-    return RulePlan(check, key, read, None, True, (inline, {"equal": equal, "holds": _HOLDS}))
+    values = {"equal": equal, "holds": _HOLDS}
+    return RulePlan(check, key, read, None, address.column, (inline, values))
 
 
 def _change_reader(key: str, address: _FieldAddress) -> Callable[[EventView], ChangeReading]:

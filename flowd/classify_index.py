@@ -8,7 +8,6 @@ select (see `Bucket`).
 
 from __future__ import annotations
 
-import itertools
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -112,9 +111,15 @@ class RulePlan:
     field_key: str  # the address of the field it reads (`_FieldAddress.key`)
     read: Fetch | None  # reads that field in an event (for CHANGED*, its change)
     keys: frozenset[Hashable] | None  # the reading keys on which it holds, if only on those
-    changes: bool  # CHANGED*: reads the old row, and never holds outside UPDATE
+    # CHANGED*: the column the old row must hold for the change to be known (the rule
+    # reads the old row, and never holds outside UPDATE)
+    changed_column: str | None
     inline: Inline | None = None  # `check` as an expression over the field's reading
     bounds: OrderBounds | None = None  # an order against a fixed value
+
+    @property
+    def changes(self) -> bool:
+        return self.changed_column is not None
 
     @property
     def is_key(self) -> bool:
@@ -122,7 +127,15 @@ class RulePlan:
         return self.keys is not None or self.bounds is not None
 
 
-Filing = list[tuple[RulePlan | None, tuple[RulePlan, ...]]]
+class Filing(NamedTuple):
+    """One way the index finds a flow (see `FlowPlan.filing`)."""
+
+    key: RulePlan | None  # the rule it is filed under; None: it is tried on every event
+    rest: tuple[RulePlan, ...]  # checked once the key holds (none: the flow matched)
+    # An ALL flow filed under a rule after a CHANGED* one: the rules before its key. The
+    # flow is reported when they yield None, which they only may when the old row lacks a
+    # column of theirs (`RulePlan.changed_column`), key or not.
+    before_key: tuple[RulePlan, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +147,10 @@ class FlowPlan:
         checks = tuple(rule.check for rule in rules)
         return all_hold(checks) if self.match_all else any_holds(checks)
 
-    def filing(self, change_type: str, favoured: Mapping[str, int]) -> Filing:
-        """How to find the flow among those of one change type (see `Bucket`).
+    def filing(self, change_type: str, favoured: Mapping[str, int]) -> list[Filing]:
+        """How to find the flow among those of one change type (see `Bucket`): each of
+        the returned filings may match it; none: it can never match.
 
-        [(rule, rest)]: file it under `rule`, then check the rules `rest` (none: it
-        matched); [(None, rules)]: try `rules` on every event; []: it can never match.
         `favoured` counts, by field, the flows that could be filed under it: of two rules
         as selective, the flow is filed under the one whose field more flows read.
         """
@@ -150,20 +162,22 @@ class FlowPlan:
             if not rules:
                 return []
         if self.match_all:
-            # a rule after a CHANGED* one is not a key: the CHANGED* one may need reporting
-            leading = itertools.takewhile(lambda rule: not rule.changes, rules)
-            keyed = [rule for rule in leading if rule.is_key]
+            keyed = [rule for rule in rules if rule.is_key]
             if keyed:
                 key_rule = min(keyed, key=lambda rule: _selectivity(rule, favoured))
-                return [(key_rule, tuple(r for r in rules if r is not key_rule))]
+                before_key = rules[: rules.index(key_rule)]
+                if not any(rule.changes for rule in before_key):
+                    before_key = ()
+                rest = tuple(rule for rule in rules if rule is not key_rule)
+                return [Filing(key_rule, rest, before_key)]
         elif not any(rule.changes for rule in rules):
             # no CHANGED*, so no report to keep in order: each keyed rule that holds is a
             # match, and only the other rules are tried on every event
-            filed: Filing = [(rule, ()) for rule in rules if rule.is_key]
+            filed = [Filing(rule, ()) for rule in rules if rule.is_key]
             others = tuple(rule for rule in rules if not rule.is_key)
             if filed:
-                return filed + ([(None, others)] if others else [])
-        return [(None, rules)]
+                return filed + ([Filing(None, others)] if others else [])
+        return [Filing(None, rules)]
 
     def keyed_fields(self) -> set[str]:
         """The fields of the rules the flow could be filed under."""
@@ -213,13 +227,25 @@ class Bucket:
     (loading stays quick): each field read once into a local, checks inline (`_Source`).
     """
 
-    __slots__ = ("_classify", "flows", "index", "orders", "repeats", "rests", "scanned")
+    __slots__ = (
+        "_classify",
+        "flows",
+        "index",
+        "orders",
+        "repeats",
+        "rests",
+        "scanned",
+        "unknown_changes",
+    )
 
     flows: tuple[Flow, ...]  # ascending id: a flow's position in the bucket
     index: dict[str, tuple[Fetch, dict[Hashable, list[_Filed]]]]  # by field, by key
     orders: dict[str, tuple[Fetch, dict[tuple[Hashable, str], list[tuple[object, _Filed]]]]]
     """By field, by (reading kind, operator): (bound, flow) of the order rules."""
     rests: list[tuple[RulePlan, ...]]  # the other rules of the filed ALL flows
+    unknown_changes: dict[str, list[_Filed]]
+    """By column: the flows filed after a CHANGED* rule on it, and their rules before the
+    key, to check when the old row lacks the column (see `Filing.before_key`)."""
     scanned: list[_Scanned]
     repeats: bool  # whether one flow may match by more than one rule
 
@@ -229,6 +255,7 @@ class Bucket:
         favoured = Counter(field for plan in plans for field in plan.keyed_fields())
         self.flows = tuple(c.flow for c in compiled)
         self.index, self.orders, self.rests, self.scanned = {}, {}, [], []
+        self.unknown_changes = {}
         self.repeats = False
         for position, flow in enumerate(compiled):
             if flow.plan is None:
@@ -236,15 +263,21 @@ class Bucket:
                 continue
             filing = flow.plan.filing(change_type, favoured)
             self.repeats = self.repeats or len(filing) > 1
-            for rule, rules in filing:
+            for rule, rules, before_key in filing:
                 if rule is None:
                     self.scanned.append((position, flow.plan, rules))
-                elif rules:
-                    self._file(rule, (position, len(self.rests)))
-                    self.rests.append(rules)
-                else:
-                    self._file(rule, (position, None))
+                    continue
+                self._file(rule, (position, self._rest(rules)))
+                for column in {r.changed_column for r in before_key if r.changed_column}:
+                    watched = self.unknown_changes.setdefault(column, [])
+                    watched.append((position, self._rest(before_key)))
         self._classify: BucketClassifier | None = None
+
+    def _rest(self, rules: tuple[RulePlan, ...]) -> int | None:
+        if not rules:
+            return None
+        self.rests.append(rules)
+        return len(self.rests) - 1
 
     def _file(self, rule: RulePlan, filed: _Filed) -> None:
         assert rule.read is not None
@@ -258,6 +291,11 @@ class Bucket:
         by_kind = self.orders.setdefault(rule.field_key, (rule.read, {}))[1]
         for kind, bound in bound_by_kind.items():
             by_kind.setdefault((kind, operator_name), []).append((bound, filed))
+
+    @property
+    def scanned_only(self) -> bool:
+        """Whether every flow is scanned: matched in ascending order, once each."""
+        return not self.index and not self.orders
 
     def classify(self, view: EventView) -> Classification:
         if self._classify is None:
@@ -349,11 +387,11 @@ class _Body:
 class _Source:
     """The text of a bucket's classifier, and the functions it calls:
 
-        read each field an index is keyed by;
-        for each index, the flows filed under the event's key (or whose bound the
-            value passes): matched, or their other rules checked (`rest` functions);
-        each scanned flow's rules, inline;
-        the matched positions, ascending and once each, as flows.
+    read each field an index is keyed by;
+    for each index, the flows filed under the event's key (or whose bound the
+        value passes): matched, or their other rules checked (`rest` functions);
+    each scanned flow's rules, inline;
+    the matched positions, ascending and once each, as flows.
     """
 
     def __init__(self, bucket: Bucket) -> None:
@@ -394,22 +432,31 @@ class _Source:
                 "            found = entries[:at] if below else entries[at:]",
             ]
             self._try("found", 3)
+        if bucket.unknown_changes:
+            lines.append("    old = view.old")
+        for column, filed in bucket.unknown_changes.items():
+            watched = tuple((p, rests(n)) for p, n in filed)
+            lines += [
+                f"    if {name(column, 'column')} not in old:",
+                f"        for position, before_key in {name(watched, 'watched')}:",
+                "            if before_key(view, get) is None:",
+                "                lacking.append(position)",
+            ]
         for scanned in bucket.scanned:
             self._scan(scanned)
-        head = ["def classify(view):", "    matched = []", "    lacking = []"]
+        # a set where one flow may match by more than one rule
+        head = ["def classify(view):", f"    matched = {'set()' if bucket.repeats else '[]'}"]
+        head += [f"    match = matched.{'add' if bucket.repeats else 'append'}", "    lacking = []"]
         head.append("    get = view.readings.get")
         if lazy := [local for key, local in body.locals.items() if key not in eager]:
             head.append(f"    {' = '.join(lazy)} = None")
-        if not bucket.index and not bucket.orders:
-            ordered = "matched"  # scanned in ascending order, once each
-        else:
-            ordered = "sorted(set(matched))" if bucket.repeats else "sorted(matched)"
-        at = name(bucket.flows.__getitem__, "flow_at")
+        ordered = "matched" if bucket.scanned_only else "sorted(matched)"
+        pick = name(_picker(bucket.flows), "pick")
         tail = [
             "    if not matched and not lacking:",
             f"        return {name(NOTHING_MATCHED, 'nothing')}",
-            f"    return {name(Classification, 'classification')}(tuple(map({at}, {ordered})),"
-            f" tuple(map({at}, sorted(lacking))) if lacking else ())",
+            f"    return {name(Classification, 'classification')}({pick}({ordered}),"
+            f" {pick}(sorted(set(lacking))) if lacking else ())",
         ]
         self.namespace.define(["\n".join(head + reads + lines + tail)])
         classify: BucketClassifier = self.namespace.values["classify"]  # type: ignore[assignment]
@@ -432,9 +479,9 @@ class _Source:
         self.body.lines += [
             f"{indent}for position, rest in {entries}:",
             f"{indent}    if rest is None:",
-            f"{indent}        matched.append(position)",
+            f"{indent}        match(position)",
             f"{indent}    elif verdict := rest(view, get):",
-            f"{indent}        matched.append(position)",
+            f"{indent}        match(position)",
             f"{indent}    elif verdict is None:",
             f"{indent}        lacking.append(position)",
         ]
@@ -444,7 +491,7 @@ class _Source:
         if plan is None:
             lines += [
                 f"    is_match, lacks = {self.namespace.name(rules, 'predicate')}(view)",
-                f"    if is_match: matched.append({position})",
+                f"    if is_match: match({position})",
                 f"    if lacks: lacking.append({position})",
             ]
         elif not plan.match_all and any(rule.changes for rule in rules):
@@ -453,7 +500,7 @@ class _Source:
             unknown = [replace(r, inline=("{r}[0] is None", {})) for r in rules if r.changes]
             predicate = self.namespace.name(plan.predicate(rules), "predicate")
             lines += [
-                f"    if {self.body.chain(rules, 'or')}: matched.append({position})",
+                f"    if {self.body.chain(rules, 'or')}: match({position})",
                 f"    if ({self.body.chain(unknown, 'or')}) and {predicate}(view)[1]:",
                 f"        lacking.append({position})",
             ]
@@ -461,8 +508,19 @@ class _Source:
             # `and` yields the first falsy verdict: None means the old row lacked the field
             lines += [
                 f"    verdict = {self.body.chain(rules, 'and')}",
-                f"    if verdict: matched.append({position})",
+                f"    if verdict: match({position})",
                 f"    elif verdict is None: lacking.append({position})",
             ]
         else:
-            lines.append(f"    if {self.body.chain(rules, 'or')}: matched.append({position})")
+            lines.append(f"    if {self.body.chain(rules, 'or')}: match({position})")
+
+
+def _picker(flows: tuple[Flow, ...]) -> Callable[[Sequence[int]], tuple[Flow, ...]]:
+    """The flows at some positions, in their order (`itemgetter` picks one as itself)."""
+
+    def pick(positions: Sequence[int]) -> tuple[Flow, ...]:
+        if len(positions) > 1:
+            return itemgetter(*positions)(flows)  # type: ignore[no-any-return]
+        return (flows[positions[0]],) if positions else ()
+
+    return pick
