@@ -144,7 +144,8 @@ class FlowIndex:
             for change_type in change_types:
                 by_event_kind.setdefault((schema, table, change_type), []).append(compiled)
         self._by_event_kind = {
-            key: Bucket(key[2], compiled) for key, compiled in by_event_kind.items()
+            key: Bucket(key[2], compiled, f"{key[0]}.{key[1]} {key[2]}")
+            for key, compiled in by_event_kind.items()
         }
 
     def classify(self, event: ChangeEvent) -> Classification:
@@ -214,7 +215,7 @@ def check_rule_against_columns(rule: Rule, column_types: Mapping[str, str]) -> s
         if reading is None:
             return f"the IN list has an item (null, array or object) that {what} can never equal"
         if reading.as_kind[kind] is None and not (
-            kind is _Kind.INSTANT and reading.offset is not None and operator_name in _ORDERS
+            kind is _INSTANT and reading.offset is not None and operator_name in _ORDERS
         ):
             if reading.offset is not None:
                 return f"{reading.text!r} (relative time) only works with <, >, <= and >="
@@ -243,14 +244,24 @@ class _Kind(StrEnum):
     OTHER = "another kind of value"
 
 
+# Each member by a module name: reading an Enum member off its class costs a call.
+_NUMBER: Final = _Kind.NUMBER
+_BOOL: Final = _Kind.BOOL
+_INSTANT: Final = _Kind.INSTANT
+_TEXT: Final = _Kind.TEXT
+_ARRAY: Final = _Kind.ARRAY
+_OBJECT: Final = _Kind.OBJECT
+_NULL: Final = _Kind.NULL
+_OTHER: Final = _Kind.OTHER
+
 _TYPNAME_KINDS: Final[Mapping[str, _Kind]] = {
-    **dict.fromkeys(("int2", "int4", "int8", "numeric", "float4", "float8"), _Kind.NUMBER),
-    "bool": _Kind.BOOL,
-    **dict.fromkeys(("timestamptz", "timestamp", "date"), _Kind.INSTANT),
+    **dict.fromkeys(("int2", "int4", "int8", "numeric", "float4", "float8"), _NUMBER),
+    "bool": _BOOL,
+    **dict.fromkeys(("timestamptz", "timestamp", "date"), _INSTANT),
 }
 _JSON_TYPNAMES: Final = frozenset({"json", "jsonb"})
-_SCALAR_KINDS: Final = frozenset({_Kind.NUMBER, _Kind.BOOL, _Kind.INSTANT, _Kind.TEXT})
-_ORDERED_KINDS: Final = frozenset({_Kind.NUMBER, _Kind.INSTANT, _Kind.TEXT})
+_SCALAR_KINDS: Final = frozenset({_NUMBER, _BOOL, _INSTANT, _TEXT})
+_ORDERED_KINDS: Final = frozenset({_NUMBER, _INSTANT, _TEXT})
 
 Scalar = Decimal | int | bool | datetime | str
 
@@ -259,32 +270,32 @@ def _kind_of(value: object, typname: str | None) -> _Kind:
     """The kind a field is compared as: its column's type, else its JSON value's."""
     if typname is not None and typname not in _JSON_TYPNAMES:
         if typname.startswith("_"):
-            return _Kind.ARRAY
+            return _ARRAY
         declared = _TYPNAME_KINDS.get(typname)
         if declared is not None:
             return declared
         # text, uuid, enum, …; a domain over a number still arrives as a JSON number
         if value is None or value is _MISSING or isinstance(value, str):
-            return _Kind.TEXT
+            return _TEXT
     return _json_kind(value)
 
 
 def _json_kind(value: object) -> _Kind:
     if value is None or value is _MISSING:
-        return _Kind.NULL
+        return _NULL
     if isinstance(value, bool):  # before int: bool is an int in Python
-        return _Kind.BOOL
+        return _BOOL
     if isinstance(value, int | float | Decimal):
-        return _Kind.NUMBER
+        return _NUMBER
     if isinstance(value, str):
-        return _Kind.TEXT
+        return _TEXT
     if isinstance(value, list):
-        return _Kind.ARRAY
+        return _ARRAY
     if isinstance(value, dict):
-        return _Kind.OBJECT
+        return _OBJECT
     if isinstance(value, date):
-        return _Kind.INSTANT
-    return _Kind.OTHER
+        return _INSTANT
+    return _OTHER
 
 
 # --------------------------------------------------------------------------- reading
@@ -356,16 +367,16 @@ def _read_text(value: object) -> str | None:
 
 
 _FIELD_READERS: Final[Mapping[_Kind, Callable[[object], Scalar | None]]] = {
-    _Kind.NUMBER: _read_number,
-    _Kind.BOOL: _read_bool,
-    _Kind.INSTANT: _read_instant,
-    _Kind.TEXT: _read_text,
+    _NUMBER: _read_number,
+    _BOOL: _read_bool,
+    _INSTANT: _read_instant,
+    _TEXT: _read_text,
 }
 
 
 def _reading(value: object, typname: str | None) -> Reading:
     """A field's value read once: its kind, its value as that kind, its index key."""
-    return (_READINGS.get(typname) or _reading_for(typname))(value, typname)
+    return _READINGS[typname](value, typname)
 
 
 def _any_reading(value: object, typname: str | None) -> Reading:
@@ -394,10 +405,10 @@ class _RuleValue:
         return cls(
             text,
             {
-                _Kind.NUMBER: _parse_number(text),
-                _Kind.BOOL: _parse_bool(text),
-                _Kind.INSTANT: _parse_instant(text),
-                _Kind.TEXT: text,
+                _NUMBER: _parse_number(text),
+                _BOOL: _parse_bool(text),
+                _INSTANT: _parse_instant(text),
+                _TEXT: text,
             },
             parse_relative(text),
         )
@@ -445,6 +456,18 @@ class _FieldAddress:
     def resolve(self, view: EventView) -> tuple[object, str | None]:
         return _resolve(self, self.record(view), view.column_types)
 
+    def read_inline(self) -> Inline | None:
+        """The field's reading as an expression (see `RulePlan.read_inline`), if it is a
+        column: as `reader` reads it, without the call."""
+        if self.steps:
+            return None
+        record = self.key.partition(":")[0] or "subject"  # the view's attribute
+        text = (
+            "{c}readings[({c}typname := types.get({c}column))]"
+            f"(view.{record}.get({{c}}column, {{c}}missing), {{c}}typname)"
+        )
+        return text, {"readings": _READINGS, "column": self.column, "missing": _MISSING}
+
     def reader(self) -> Fetch:
         """Reads the field in an event and keeps the reading in `view.readings[key]`.
 
@@ -467,9 +490,7 @@ def _column_reader(key: str, record: Callable[[EventView], dict[str, Any]], colu
     def read(view: EventView) -> Reading:
         typname = view.column_types.get(column)
         value = record(view).get(column, _MISSING)
-        reading = view.readings[key] = (_READINGS.get(typname) or _reading_for(typname))(
-            value, typname
-        )
+        reading = view.readings[key] = _READINGS[typname](value, typname)
         return reading
 
     return read
@@ -483,38 +504,38 @@ ReadingFunction = Callable[[object, str | None], Reading]
 def _text_reading(value: object, typname: str | None) -> Reading:
     """A text-like column (text, uuid, an enum, …)."""
     if type(value) is str:
-        return (value, typname, _Kind.TEXT, value, (_Kind.TEXT, value))
+        return (value, typname, _TEXT, value, (_TEXT, value))
     return _any_reading(value, typname)
 
 
 def _array_reading(value: object, typname: str | None) -> Reading:
     """A typed array column: never equal to anything nor ordered."""
     if value is None or value is _MISSING:
-        return (value, typname, _Kind.ARRAY, None, NULL_KEY)
-    return (value, typname, _Kind.ARRAY, None, None)
+        return (value, typname, _ARRAY, None, NULL_KEY)
+    return (value, typname, _ARRAY, None, None)
 
 
 def _json_reading(value: object, typname: str | None) -> Reading:
     """A value whose kind its JSON type says: below json/jsonb, or of no known column."""
     # exact types only: a bool is an int, which the table keeps apart
     kind = _JSON_KINDS.get(type(value))
-    if kind is _Kind.TEXT or kind is _Kind.BOOL or type(value) is int:
+    if kind is _TEXT or kind is _BOOL or type(value) is int:
         return (value, typname, kind, value, (kind, value))  # type: ignore[return-value]
-    if kind is _Kind.NULL:
+    if kind is _NULL:
         return (value, typname, kind, None, NULL_KEY)
-    if kind is _Kind.ARRAY or kind is _Kind.OBJECT:
+    if kind is _ARRAY or kind is _OBJECT:
         return (value, typname, kind, None, None)  # type: ignore[return-value]
     return _any_reading(value, typname)
 
 
 _JSON_KINDS: Final[Mapping[type, _Kind]] = {
-    str: _Kind.TEXT,
-    bool: _Kind.BOOL,
-    int: _Kind.NUMBER,
-    list: _Kind.ARRAY,
-    dict: _Kind.OBJECT,
-    type(None): _Kind.NULL,
-    _Missing: _Kind.NULL,
+    str: _TEXT,
+    bool: _BOOL,
+    int: _NUMBER,
+    list: _ARRAY,
+    dict: _OBJECT,
+    type(None): _NULL,
+    _Missing: _NULL,
 }
 
 _KEPT_READINGS: Final = 4096  # per column type and value type: bounds the memory they take
@@ -548,21 +569,24 @@ def _declared_reading(kind: _Kind) -> ReadingFunction:
     return reading
 
 
-_READINGS: Final[dict[str | None, ReadingFunction]] = {
-    **dict.fromkeys((None, *_JSON_TYPNAMES), _json_reading),
-    **dict.fromkeys(("text", "varchar", "bpchar", "uuid", "citext", "name"), _text_reading),
-    # one per type name: a kept reading carries its type name
-    **{typname: _declared_reading(kind) for typname, kind in _TYPNAME_KINDS.items()},
-}
+class _ReadingsByType(dict[str | None, ReadingFunction]):
+    """The reading function of each type name; one not met yet (an array, an enum, a
+    domain) is worked out on first use and kept."""
+
+    def __missing__(self, typname: str | None) -> ReadingFunction:
+        assert typname is not None
+        reading = self[typname] = _array_reading if typname.startswith("_") else _text_reading
+        return reading
 
 
-def _reading_for(typname: str | None) -> ReadingFunction:
-    """The reading of a type name not met yet (arrays, enums, domains), kept for the next."""
-    if typname is None or typname in _READINGS:
-        return _READINGS[typname]
-    reading = _array_reading if typname.startswith("_") else _text_reading
-    _READINGS[typname] = reading
-    return reading
+_READINGS: Final = _ReadingsByType(
+    {
+        **dict.fromkeys((None, *_JSON_TYPNAMES), _json_reading),
+        **dict.fromkeys(("text", "varchar", "bpchar", "uuid", "citext", "name"), _text_reading),
+        # one per type name: a kept reading carries its type name
+        **{typname: _declared_reading(kind) for typname, kind in _TYPNAME_KINDS.items()},
+    }
+)
 
 
 _RECORDS: Final[Mapping[str, Callable[[EventView], dict[str, Any]]]] = {
@@ -674,11 +698,11 @@ def _equal_verdict(value: object, typname: str | None, expected: _RuleValue) -> 
 
 def _contains_verdict(value: object, typname: str | None, expected: _RuleValue) -> _Verdict:
     kind = _kind_of(value, typname)
-    if kind is _Kind.TEXT:
+    if kind is _TEXT:
         return _HOLDS if isinstance(value, str) and expected.text in value else _FAILS
-    if kind is _Kind.OBJECT:
+    if kind is _OBJECT:
         return _HOLDS if isinstance(value, dict) and expected.text in value else _FAILS
-    if kind is not _Kind.ARRAY or not isinstance(value, list):
+    if kind is not _ARRAY or not isinstance(value, list):
         return _FAILS
     element_typname = typname[1:] if typname is not None and typname.startswith("_") else None
     element_kind = _TYPNAME_KINDS.get(element_typname or "")
@@ -814,8 +838,8 @@ def _order_rule(operator_name: str) -> RuleBuilder:
         expected = _RuleValue.read(value)
         key, read = field.key, field.reader()
         bounds = {kind: expected.as_kind[kind] for kind in _ORDERED_KINDS}
-        if expected.as_kind[_Kind.NUMBER] is not None:
-            bounds[_Kind.TEXT] = None  # text against a number: "10" would sort before "9"
+        if expected.as_kind[_NUMBER] is not None:
+            bounds[_TEXT] = None  # text against a number: "10" would sort before "9"
         if (offset := expected.offset) is not None:
             return _relative_order_rule(order, offset, field)
 
@@ -843,14 +867,14 @@ def _relative_order_rule(
 
     def holds(view: EventView) -> bool:
         _, _, kind, actual, _ = view.readings.get(key) or read(view)
-        if kind is not _Kind.INSTANT or actual is None:
+        if kind is not _INSTANT or actual is None:
             return False
         return bool(order(actual, evaluation_time() + offset))
 
     inline = (
         "({r}[2] is {c}instant and {r}[3] is not None and {c}order({r}[3], {c}now() + {c}offset))"
     )
-    values = {"instant": _Kind.INSTANT, "order": order, "now": evaluation_time, "offset": offset}
+    values = {"instant": _INSTANT, "order": order, "now": evaluation_time, "offset": offset}
     return Built(holds, inline=(inline, values))
 
 
@@ -874,7 +898,7 @@ def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
     )
     values = {
         "text": value,
-        "text_kind": _Kind.TEXT,
+        "text_kind": _TEXT,
         "verdict": _contains_verdict,
         "expected": expected,
         "holds_on": holds_on,
@@ -888,10 +912,10 @@ def _text_rule(test: Callable[[str, str], bool]) -> RuleBuilder:
 
         def holds(view: EventView) -> bool:
             _, _, kind, text, _ = view.readings.get(key) or read(view)
-            return kind is _Kind.TEXT and isinstance(text, str) and test(text, value)
+            return kind is _TEXT and isinstance(text, str) and test(text, value)
 
         inline = "({r}[2] is {c}text and isinstance({r}[3], str) and {c}test({r}[3], {c}value))"
-        return Built(holds, inline=(inline, {"text": _Kind.TEXT, "test": test, "value": value}))
+        return Built(holds, inline=(inline, {"text": _TEXT, "test": test, "value": value}))
 
     return build
 
@@ -905,10 +929,10 @@ def _matches_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
 
     def holds(view: EventView) -> bool:
         _, _, kind, text, _ = view.readings.get(key) or read(view)
-        return kind is _Kind.TEXT and isinstance(text, str) and search(text) is not None
+        return kind is _TEXT and isinstance(text, str) and search(text) is not None
 
     inline = "({r}[2] is {c}text and isinstance({r}[3], str) and {c}search({r}[3]) is not None)"
-    return Built(holds, inline=(inline, {"text": _Kind.TEXT, "search": search}))
+    return Built(holds, inline=(inline, {"text": _TEXT, "search": search}))
 
 
 def _readings_as(kind: _Kind, items: Iterable[_RuleValue | None]) -> frozenset[Scalar] | None:
@@ -1014,7 +1038,14 @@ def _rule_plan(field: str, operator_text: str, value: str | None) -> RulePlan:
     positive = _NEGATED.get(operator_name, operator_name)
     built = _RULE_BUILDERS[positive](value or "", address, positive != operator_name)
     return RulePlan(
-        built.check, address.key, address.reader(), built.keys, None, built.inline, built.bounds
+        built.check,
+        address.key,
+        address.reader(),
+        built.keys,
+        None,
+        built.inline,
+        built.bounds,
+        address.read_inline(),
     )
 
 

@@ -116,6 +116,9 @@ class RulePlan:
     changed_column: str | None
     inline: Inline | None = None  # `check` as an expression over the field's reading
     bounds: OrderBounds | None = None  # an order against a fixed value
+    # `read` as an expression (names as in `Inline`) over `view` and `types`, the event's
+    # column types; None where only `read` can read it
+    read_inline: Inline | None = None
 
     @property
     def changes(self) -> bool:
@@ -228,9 +231,10 @@ class Bucket:
     """
 
     __slots__ = (
-        "_classify",
+        "classify",
         "flows",
         "index",
+        "name",
         "orders",
         "repeats",
         "rests",
@@ -238,9 +242,12 @@ class Bucket:
         "unknown_changes",
     )
 
+    name: str
+    classify: BucketClassifier  # the classifier of the bucket's events
     flows: tuple[Flow, ...]  # ascending id: a flow's position in the bucket
-    index: dict[str, tuple[Fetch, dict[Hashable, list[_Filed]]]]  # by field, by key
-    orders: dict[str, tuple[Fetch, dict[tuple[Hashable, str], list[tuple[object, _Filed]]]]]
+    # by field (with a rule reading it), by key
+    index: dict[str, tuple[RulePlan, dict[Hashable, list[_Filed]]]]
+    orders: dict[str, tuple[RulePlan, dict[tuple[Hashable, str], list[tuple[object, _Filed]]]]]
     """By field, by (reading kind, operator): (bound, flow) of the order rules."""
     rests: list[tuple[RulePlan, ...]]  # the other rules of the filed ALL flows
     unknown_changes: dict[str, list[_Filed]]
@@ -249,7 +256,8 @@ class Bucket:
     scanned: list[_Scanned]
     repeats: bool  # whether one flow may match by more than one rule
 
-    def __init__(self, change_type: str, flows: Iterable[CompiledFlow]) -> None:
+    def __init__(self, change_type: str, flows: Iterable[CompiledFlow], name: str = "") -> None:
+        self.name = name or change_type  # names the generated code in tracebacks and profiles
         compiled = tuple(flows)
         plans = [c.plan for c in compiled if c.plan is not None]
         favoured = Counter(field for plan in plans for field in plan.keyed_fields())
@@ -271,7 +279,7 @@ class Bucket:
                 for column in {r.changed_column for r in before_key if r.changed_column}:
                     watched = self.unknown_changes.setdefault(column, [])
                     watched.append((position, self._rest(before_key)))
-        self._classify: BucketClassifier | None = None
+        self.classify: BucketClassifier = self._generate
 
     def _rest(self, rules: tuple[RulePlan, ...]) -> int | None:
         if not rules:
@@ -282,13 +290,13 @@ class Bucket:
     def _file(self, rule: RulePlan, filed: _Filed) -> None:
         assert rule.read is not None
         if rule.keys is not None:
-            by_key = self.index.setdefault(rule.field_key, (rule.read, {}))[1]
+            by_key = self.index.setdefault(rule.field_key, (rule, {}))[1]
             for key in rule.keys:
                 by_key.setdefault(key, []).append(filed)
             return
         assert rule.bounds is not None
         operator_name, bound_by_kind = rule.bounds
-        by_kind = self.orders.setdefault(rule.field_key, (rule.read, {}))[1]
+        by_kind = self.orders.setdefault(rule.field_key, (rule, {}))[1]
         for kind, bound in bound_by_kind.items():
             by_kind.setdefault((kind, operator_name), []).append((bound, filed))
 
@@ -297,10 +305,10 @@ class Bucket:
         """Whether every flow is scanned: matched in ascending order, once each."""
         return not self.index and not self.orders
 
-    def classify(self, view: EventView) -> Classification:
-        if self._classify is None:
-            self._classify = _Source(self).classifier()
-        return self._classify(view)
+    def _generate(self, view: EventView) -> Classification:
+        """Classifies the bucket's first event, once its classifier is generated."""
+        self.classify = _Source(self).classifier()
+        return self.classify(view)
 
 
 # --------------------------------------------------------------------------- generating
@@ -309,7 +317,8 @@ class Bucket:
 class _Namespace:
     """The values generated functions name, and the functions once defined."""
 
-    def __init__(self) -> None:
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
         self.values: dict[str, object] = {}
         self._names: dict[int, str] = {}  # id of a value → its name
 
@@ -328,7 +337,7 @@ class _Namespace:
 
     def define(self, functions: Iterable[str]) -> None:
         text = "\n\n".join(functions)
-        exec(compile(text, "<flowd.classify_index>", "exec"), self.values)
+        exec(compile(text, self.filename, "exec"), self.values)
 
 
 class _Body:
@@ -396,17 +405,22 @@ class _Source:
 
     def __init__(self, bucket: Bucket) -> None:
         self.bucket = bucket
-        self.namespace = _Namespace()
+        self.namespace = _Namespace(f"<flowd.classify_index: {bucket.name}>")
         self.body = _Body(self.namespace, first_use=False)
 
     def classifier(self) -> BucketClassifier:
         bucket, body, name = self.bucket, self.body, self.namespace.name
         rests = self._rests()
         lines = body.lines
-        reads = [
-            f"    {body.local(key)} = {name(read, 'read')}(view)"
-            for key, (read, _) in (bucket.index | bucket.orders).items()
-        ]
+        reads = ["    types = view.column_types", "    readings = view.readings"]
+        for key, (rule, _) in (bucket.index | bucket.orders).items():
+            local = body.local(key)
+            if rule.read_inline is None:
+                reads.append(f"    {local} = {name(rule.read, 'read')}(view)")
+                continue
+            template, values = rule.read_inline
+            reading = template.replace("{c}", self.namespace.prefix(values))
+            reads.append(f"    {local} = readings[{name(key, 'key')}] = {reading}")
         eager = set(body.locals)
         body.known.update(eager)
         for key, (_, by_key) in bucket.index.items():
