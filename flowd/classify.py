@@ -438,8 +438,7 @@ def _json_item(item: object) -> _RuleValue | None:
 # --------------------------------------------------------------------------- addressing
 
 
-@dataclass(frozen=True, slots=True)
-class _Step:
+class _Step(NamedTuple):
     """One path segment below the column: a key, or also an index when it is digits."""
 
     key: str
@@ -472,13 +471,14 @@ class _FieldAddress:
         """Reads the field in an event and keeps the reading in `view.readings[key]`.
 
         A rule asks `view.readings.get(key) or read(view)`: the first one reads."""
-        key = self.key
-        if not self.steps:
-            return _column_reader(key, self.record, self.column)
-        resolve = self.resolve
+        key, record, column, steps = self.key, self.record, self.column, self.steps
+        if not steps:
+            return _column_reader(key, record, column)
 
         def read(view: EventView) -> Reading:
-            reading = view.readings[key] = _reading(*resolve(view))
+            types = view.column_types
+            value, typname = _walk(record(view).get(column, _MISSING), types.get(column), steps)
+            reading = view.readings[key] = _READINGS[typname](value, typname)
             return reading
 
         return read
@@ -618,23 +618,27 @@ def _resolve(
     address: _FieldAddress, record: Mapping[str, Any], column_types: Mapping[str, str]
 ) -> tuple[object, str | None]:
     """The addressed value (or _MISSING) and its Postgres type name when one is known."""
-    value: object = record.get(address.column, _MISSING)
-    typname = column_types.get(address.column)
-    for step in address.steps:
-        value, typname = _descend(value, typname, step)
+    column = address.column
+    return _walk(record.get(column, _MISSING), column_types.get(column), address.steps)
+
+
+def _walk(
+    value: object, typname: str | None, steps: tuple[_Step, ...]
+) -> tuple[object, str | None]:
+    """Down a column's value (of type `typname`) along the path's steps."""
+    for key, index in steps:
+        if isinstance(value, dict):
+            value, typname = value.get(key, _MISSING), None
+        elif isinstance(value, list) and index is not None and index < len(value):
+            value = value[index]
+            if typname is not None and typname.startswith("_"):
+                # a row of a multidimensional array is still an array of the element type
+                typname = typname if isinstance(value, list) else typname[1:]
+            else:
+                typname = None
+        else:
+            value, typname = _MISSING, None
     return value, typname
-
-
-def _descend(value: object, typname: str | None, step: _Step) -> tuple[object, str | None]:
-    if isinstance(value, dict):
-        return value.get(step.key, _MISSING), None
-    if isinstance(value, list) and step.index is not None and step.index < len(value):
-        element = value[step.index]
-        if typname is None or not typname.startswith("_"):
-            return element, None
-        # a row of a multidimensional array is still an array of the element type
-        return element, typname if isinstance(element, list) else typname[1:]
-    return _MISSING, None
 
 
 def _addressed_type(
