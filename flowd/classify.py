@@ -442,7 +442,7 @@ class _Step(NamedTuple):
     """One path segment below the column: a key, or also an index when it is digits."""
 
     key: str
-    index: int | None
+    at: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,7 +524,7 @@ def _json_reading(value: object, typname: str | None) -> Reading:
     if kind is _NULL:
         return (value, typname, kind, None, NULL_KEY)
     if kind is _ARRAY or kind is _OBJECT:
-        return (value, typname, kind, None, None)  # type: ignore[return-value]
+        return (value, typname, kind, None, None)
     return _any_reading(value, typname)
 
 
@@ -580,7 +580,7 @@ class _ReadingsByType(dict[str | None, ReadingFunction]):
 
 
 _READINGS: Final = _ReadingsByType(
-    {
+    {  # type: ignore[misc]  # the None key: dict.fromkeys' key type is not inferred
         **dict.fromkeys((None, *_JSON_TYPNAMES), _json_reading),
         **dict.fromkeys(("text", "varchar", "bpchar", "uuid", "citext", "name"), _text_reading),
         # one per type name: a kept reading carries its type name
@@ -626,11 +626,11 @@ def _walk(
     value: object, typname: str | None, steps: tuple[_Step, ...]
 ) -> tuple[object, str | None]:
     """Down a column's value (of type `typname`) along the path's steps."""
-    for key, index in steps:
+    for key, at in steps:
         if isinstance(value, dict):
             value, typname = value.get(key, _MISSING), None
-        elif isinstance(value, list) and index is not None and index < len(value):
-            value = value[index]
+        elif isinstance(value, list) and at is not None and at < len(value):
+            value = value[at]
             if typname is not None and typname.startswith("_"):
                 # a row of a multidimensional array is still an array of the element type
                 typname = typname if isinstance(value, list) else typname[1:]
@@ -652,7 +652,7 @@ def _addressed_type(
         return None  # text and objects take the value as it is
     if not address.steps:
         return typname, f"column {address.column}"
-    if is_array and len(address.steps) == 1 and address.steps[0].index is not None:
+    if is_array and len(address.steps) == 1 and address.steps[0].at is not None:
         return typname[1:], f"the elements of column {address.column}"
     return None  # below json/jsonb, only the event's values tell
 
@@ -856,7 +856,7 @@ def _order_rule(operator_name: str) -> RuleBuilder:
             "(({c}bound := {c}bounds.get({r}[2])) is not None"
             " and {r}[3] is not None and {c}order({r}[3], {c}bound))"
         )
-        readable = {kind: bound for kind, bound in bounds.items() if bound is not None}
+        readable: dict[Hashable, object] = {k: b for k, b in bounds.items() if b is not None}
         inlined = (inline, {"bounds": bounds, "order": order})
         return Built(holds, inline=inlined, bounds=(operator_name, readable))
 
@@ -1063,8 +1063,12 @@ def _changed_plan(operator_name: str, address: _FieldAddress, value: str | None)
     key = "changed:" + address.key.partition(":")[2]
     read = _change_reader(key, address)
     if value is None or operator_name == "CHANGED":
-        check: RuleCheck = lambda view: (view.readings.get(key) or read(view))[0]  # noqa: E731
-        return RulePlan(check, key, read, None, address.column, ("{r}[0]", {}))
+
+        def changed(view: EventView) -> bool | None:
+            change: ChangeReading = view.readings.get(key) or read(view)
+            return change[0]
+
+        return RulePlan(changed, key, read, None, address.column, ("{r}[0]", {}))
     equal = _equal_test(value)
     value_at = 1 if operator_name == "CHANGED_FROM" else 3  # the old value, or the new one
 

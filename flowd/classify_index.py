@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from flowd.models import Flow
 
 if TYPE_CHECKING:
-    from flowd.classify import CompiledFlow, EventView, Fetch
+    from flowd.classify import CompiledFlow, EventView
 
 __all__ = [
     "NOTHING_MATCHED",
@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 NULL_KEY: Final = "null"  # the reading key of a null or missing field
+
+FieldRead = Callable[["EventView"], tuple[object, ...]]
+"""Reads a field in an event once, keeping the reading in `view.readings` (a `Reading`,
+or for CHANGED* a `ChangeReading`, see `flowd.classify`)."""
 
 RuleCheck = Callable[["EventView"], bool | None]
 """One compiled rule: True/False, or None for "false because `old` lacks the field"."""
@@ -109,7 +113,7 @@ class RulePlan:
 
     check: RuleCheck
     field_key: str  # the address of the field it reads (`_FieldAddress.key`)
-    read: Fetch | None  # reads that field in an event (for CHANGED*, its change)
+    read: FieldRead | None  # reads that field in an event (for CHANGED*, its change)
     keys: frozenset[Hashable] | None  # the reading keys on which it holds, if only on those
     # CHANGED*: the column the old row must hold for the change to be known (the rule
     # reads the old row, and never holds outside UPDATE)
@@ -199,14 +203,14 @@ def _selectivity(rule: RulePlan, favoured: Mapping[str, int]) -> tuple[bool, boo
 _Filed = tuple[int, int | None]
 """A filed flow: its position in the bucket (ascending id), and the number of the check
 of its other rules (see `Bucket._rests`), or None: it matched."""
-_Scanned = tuple[int, FlowPlan, tuple[RulePlan, ...]] | tuple[int, None, FlowPredicate]
+_Scanned = tuple[int, FlowPlan | FlowPredicate, tuple[RulePlan, ...]]
 """A flow tried on every event: its position, with its plan and the rules to try, or
-with its predicate alone."""
+with its predicate alone (and no rules)."""
 BucketClassifier = Callable[["EventView"], Classification]
 
 # An order rule's operator → (the bisection that counts the bounds below a value, whether
 # the rule holds for the bounds counted or for the others)
-_CUTS: Final[Mapping[str, tuple[Callable[[Sequence[object], object], int], bool]]] = {
+_CUTS: Final[Mapping[str, tuple[Callable[..., int], bool]]] = {
     ">": (bisect_left, True),
     ">=": (bisect_right, True),
     "<": (bisect_right, False),
@@ -267,7 +271,7 @@ class Bucket:
         self.repeats = False
         for position, flow in enumerate(compiled):
             if flow.plan is None:
-                self.scanned.append((position, None, flow.predicate))
+                self.scanned.append((position, flow.predicate, ()))
                 continue
             filing = flow.plan.filing(change_type, favoured)
             self.repeats = self.repeats or len(filing) > 1
@@ -448,8 +452,8 @@ class _Source:
             self._try("found", 3)
         if bucket.unknown_changes:
             lines.append("    old = view.old")
-        for column, filed in bucket.unknown_changes.items():
-            watched = tuple((p, rests(n)) for p, n in filed)
+        for column, watching in bucket.unknown_changes.items():
+            watched = tuple((p, rests(n)) for p, n in watching)
             lines += [
                 f"    if {name(column, 'column')} not in old:",
                 f"        for position, before_key in {name(watched, 'watched')}:",
@@ -502,9 +506,9 @@ class _Source:
 
     def _scan(self, scanned: _Scanned) -> None:
         lines, (position, plan, rules) = self.body.lines, scanned
-        if plan is None:
+        if not isinstance(plan, FlowPlan):
             lines += [
-                f"    is_match, lacks = {self.namespace.name(rules, 'predicate')}(view)",
+                f"    is_match, lacks = {self.namespace.name(plan, 'predicate')}(view)",
                 f"    if is_match: match({position})",
                 f"    if lacks: lacking.append({position})",
             ]
