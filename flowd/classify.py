@@ -54,6 +54,7 @@ __all__ = [
     "build_index",
     "check_rule_against_columns",
     "compile_flow",
+    "forget_compiled",
 ]
 
 _CHANGE_TYPES: Final[tuple[ChangeType, ...]] = ("INSERT", "UPDATE", "DELETE")
@@ -190,6 +191,12 @@ def build_index(flows: Iterable[Flow]) -> tuple[FlowIndex, list[FlowDefinitionEr
         except FlowDefinitionError as error:
             refused.append(error)
     return FlowIndex(compiled), refused
+
+
+def forget_compiled() -> None:
+    """Forget the rules, fields and values compiled so far, as at start-up (benchmarks)."""
+    for cached in (_rule_plan, _parse_field, _field_reader, _column_read_inline, _RuleValue.read):
+        cached.cache_clear()
 
 
 def check_rule_against_columns(rule: Rule, column_types: Mapping[str, str]) -> str | None:
@@ -460,28 +467,39 @@ class _FieldAddress:
         column: as `reader` reads it, without the call."""
         if self.steps:
             return None
-        record = self.key.partition(":")[0] or "subject"  # the view's attribute
-        text = (
-            "{c}readings[({c}typname := types.get({c}column))]"
-            f"(view.{record}.get({{c}}column, {{c}}missing), {{c}}typname)"
-        )
-        return text, {"readings": _READINGS, "column": self.column, "missing": _MISSING}
+        return _column_read_inline(self.key.partition(":")[0] or "subject", self.column)
 
     def reader(self) -> Fetch:
         """Reads the field in an event and keeps the reading in `view.readings[key]`.
 
         A rule asks `view.readings.get(key) or read(view)`: the first one reads."""
-        key, record, column, steps = self.key, self.record, self.column, self.steps
-        if not steps:
-            return _column_reader(key, record, column)
+        return _field_reader(self)
 
-        def read(view: EventView) -> Reading:
-            types = view.column_types
-            value, typname = _walk(record(view).get(column, _MISSING), types.get(column), steps)
-            reading = view.readings[key] = _READINGS[typname](value, typname)
-            return reading
 
-        return read
+@functools.lru_cache(maxsize=4096)  # one reader per field
+def _field_reader(address: _FieldAddress) -> Fetch:
+    """`_FieldAddress.reader`."""
+    key, record, column, steps = address.key, address.record, address.column, address.steps
+    if not steps:
+        return _column_reader(key, record, column)
+
+    def read(view: EventView) -> Reading:
+        types = view.column_types
+        value, typname = _walk(record(view).get(column, _MISSING), types.get(column), steps)
+        reading = view.readings[key] = _READINGS[typname](value, typname)
+        return reading
+
+    return read
+
+
+@functools.lru_cache(maxsize=4096)  # one per column: every rule on it shares it
+def _column_read_inline(record: str, column: str) -> Inline:
+    """`_FieldAddress.read_inline` of a column of `view.<record>`."""
+    text = (
+        "{c}readings[({c}typname := types.get({c}column))]"
+        f"(view.{record}.get({{c}}column, {{c}}missing), {{c}}typname)"
+    )
+    return text, {"readings": _READINGS, "column": column, "missing": _MISSING}
 
 
 def _column_reader(key: str, record: Callable[[EventView], dict[str, Any]], column: str) -> Fetch:
@@ -596,6 +614,7 @@ _RECORDS: Final[Mapping[str, Callable[[EventView], dict[str, Any]]]] = {
 _subject_record: Final[Callable[[EventView], dict[str, Any]]] = operator.attrgetter("subject")
 
 
+@functools.lru_cache(maxsize=4096)  # flows repeat fields: rules on one share its reader
 def _parse_field(field: str) -> _FieldAddress:
     if not field.strip():
         raise _Refused("the field is empty")

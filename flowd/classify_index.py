@@ -8,6 +8,7 @@ select (see `Bucket`).
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -107,7 +108,7 @@ def any_holds(checks: tuple[RuleCheck, ...]) -> FlowPredicate:
 # --------------------------------------------------------------------------- filing
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # one plan per rule text: the same by identity
 class RulePlan:
     """One compiled rule, and what the index needs to file its flow by it."""
 
@@ -172,7 +173,7 @@ class FlowPlan:
             keyed = [rule for rule in rules if rule.is_key]
             if keyed:
                 key_rule = min(keyed, key=lambda rule: _selectivity(rule, favoured))
-                before_key = rules[: rules.index(key_rule)]
+                before_key = tuple(itertools.takewhile(lambda r: r is not key_rule, rules))
                 if not any(rule.changes for rule in before_key):
                     before_key = ()
                 rest = tuple(rule for rule in rules if rule is not key_rule)
