@@ -100,7 +100,8 @@ class EventView:
 
 Reading = tuple[object, str | None, "_Kind", "Scalar | None", Hashable | None]
 """A field as one event holds it, read once: (value, type name, kind, value read as that
-kind or None, index key). The key is `(kind, reading)`, `NULL_KEY` for null or missing,
+kind or None, index key). The key is `(kind, reading)` (text: the text alone, whose
+hash Python keeps), `NULL_KEY` for null or missing,
 or None for a value that cannot be read as its own type."""
 
 # --------------------------------------------------------------------------- public API
@@ -393,7 +394,14 @@ def _any_reading(value: object, typname: str | None) -> Reading:
         return (value, typname, kind, None, NULL_KEY)
     reader = _FIELD_READERS.get(kind)
     actual = None if reader is None else reader(value)
-    return (value, typname, kind, actual, None if actual is None else (kind, actual))
+    return (value, typname, kind, actual, _key(kind, actual))
+
+
+def _key(kind: _Kind, actual: Scalar | None) -> Hashable | None:
+    """The index key of a value read as `kind`: see `Reading`."""
+    if actual is None:
+        return None
+    return actual if kind is _TEXT else (kind, actual)
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,7 +530,7 @@ ReadingFunction = Callable[[object, str | None], Reading]
 def _text_reading(value: object, typname: str | None) -> Reading:
     """A text-like column (text, uuid, an enum, …)."""
     if type(value) is str:
-        return (value, typname, _TEXT, value, (_TEXT, value))
+        return (value, typname, _TEXT, value, value)
     return _any_reading(value, typname)
 
 
@@ -537,7 +545,9 @@ def _json_reading(value: object, typname: str | None) -> Reading:
     """A value whose kind its JSON type says: below json/jsonb, or of no known column."""
     # exact types only: a bool is an int, which the table keeps apart
     kind = _JSON_KINDS.get(type(value))
-    if kind is _TEXT or kind is _BOOL or type(value) is int:
+    if kind is _TEXT:
+        return (value, typname, kind, value, value)  # type: ignore[return-value]
+    if kind is _BOOL or type(value) is int:
         return (value, typname, kind, value, (kind, value))  # type: ignore[return-value]
     if kind is _NULL:
         return (value, typname, kind, None, NULL_KEY)
@@ -574,13 +584,13 @@ def _declared_reading(kind: _Kind) -> ReadingFunction:
             if value is None or value is _MISSING:
                 return (value, typname, kind, None, NULL_KEY)
             actual = read(value)
-            return (value, typname, kind, actual, None if actual is None else (kind, actual))
+            return (value, typname, kind, actual, _key(kind, actual))
         found = kept.get(value)
         if found is None:
             if len(kept) >= _KEPT_READINGS:
                 kept.clear()
             actual = read(value)
-            found = (value, typname, kind, actual, None if actual is None else (kind, actual))
+            found = (value, typname, kind, actual, _key(kind, actual))
             kept[value] = found
         return found
 
@@ -822,7 +832,7 @@ def _keyed_rule(
 
     A kind `rule.value` cannot be read as makes the rule and its negation false."""
     keys: frozenset[Hashable] = frozenset(
-        (kind, wanted) for kind, readings in wanted_by_kind.items() for wanted in readings or ()
+        _key(kind, wanted) for kind, readings in wanted_by_kind.items() for wanted in readings or ()
     )
     unreadable = frozenset(kind for kind, readings in wanted_by_kind.items() if readings is None)
     key, read = field.key, field.reader()

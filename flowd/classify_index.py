@@ -34,7 +34,15 @@ __all__ = [
     "RulePlan",
 ]
 
-NULL_KEY: Final = "null"  # the reading key of a null or missing field
+
+class _NullKey:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NULL_KEY"
+
+
+NULL_KEY: Final = _NullKey()  # the reading key of a null or missing field, equal to no text
 
 FieldRead = Callable[["EventView"], tuple[object, ...]]
 """Reads a field in an event once, keeping the reading in `view.readings` (a `Reading`,
