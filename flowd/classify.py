@@ -41,6 +41,7 @@ from flowd.classify_index import (
     OrderBounds,
     RuleCheck,
     RulePlan,
+    Unless,
 )
 from flowd.errors import FlowDefinitionError
 from flowd.models import ChangeEvent, ChangeType, Flow, Rule
@@ -803,6 +804,7 @@ class Built(NamedTuple):
     keys: frozenset[Hashable] | None = None  # the index keys it holds on, if only on those
     inline: Inline | None = None  # the check as an expression (see `flowd.classify_index`)
     bounds: OrderBounds | None = None  # an order against a fixed value: its bound by kind
+    unless: Unless | None = None  # a negation of keys: when it does not hold
 
 
 RuleBuilder = Callable[[str, _FieldAddress, bool], Built]
@@ -846,7 +848,13 @@ def _keyed_rule(
 
     if negated:
         inline = "({r}[2] not in {c}unreadable and {r}[4] not in {c}keys)"
-        return Built(holds_not, inline=(inline, {"unreadable": unreadable, "keys": keys}))
+        values = {"unreadable": unreadable, "keys": keys}
+        kinds = {
+            _key(kind, wanted): kind
+            for kind, readings in wanted_by_kind.items()
+            for wanted in readings or ()
+        }
+        return Built(holds_not, inline=(inline, values), unless=(kinds, unreadable))
     return Built(holds, keys, ("{r}[4] in {c}keys", {"keys": keys}))
 
 
@@ -860,7 +868,8 @@ def _null_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
         return (view.readings.get(key) or read(view))[4] is not NULL_KEY
 
     if negated:
-        return Built(holds_not, inline=("{r}[4] is not {c}null", {"null": NULL_KEY}))
+        inline = ("{r}[4] is not {c}null", {"null": NULL_KEY})
+        return Built(holds_not, inline=inline, unless=({NULL_KEY: None}, frozenset()))
     return Built(holds, frozenset({NULL_KEY}), ("{r}[4] is {c}null", {"null": NULL_KEY}))
 
 
@@ -1079,6 +1088,7 @@ def _rule_plan(field: str, operator_text: str, value: str | None) -> RulePlan:
         built.inline,
         built.bounds,
         address.read_inline(),
+        built.unless,
     )
 
 

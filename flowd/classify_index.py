@@ -32,6 +32,7 @@ __all__ = [
     "OrderBounds",
     "RuleCheck",
     "RulePlan",
+    "Unless",
 ]
 
 
@@ -63,6 +64,12 @@ written into the text. The first `{r}` is evaluated whenever the expression is."
 OrderBounds = tuple[str, Mapping[Hashable, object]]
 """An order rule against a fixed value: its operator (`>`, `>=`, `<`, `<=`) and the value
 read as each kind of field it can be ordered with (reading kind → bound)."""
+
+
+Unless = tuple[Mapping[Hashable, Hashable], frozenset[Hashable]]
+"""A negation (`!=`, `NOT_IN`, `IS_NOT_NULL`): it holds unless the field's reading key is
+one of the first (mapped to the reading kind that key is of), or its reading kind one of
+the second."""
 
 
 class Classification(NamedTuple):
@@ -132,6 +139,7 @@ class RulePlan:
     # `read` as an expression (names as in `Inline`) over `view` and `types`, the event's
     # column types; None where only `read` can read it
     read_inline: Inline | None = None
+    unless: Unless | None = None  # a negation of keys
 
     @property
     def changes(self) -> bool:
@@ -179,6 +187,8 @@ class FlowPlan:
                 return []
         if self.match_all:
             keyed = [rule for rule in rules if rule.is_key]
+            if not keyed and len(rules) == 1 and rules[0].unless is not None:
+                return [Filing(rules[0], ())]  # matched where its negation holds
             if keyed:
                 key_rule = min(keyed, key=lambda rule: _selectivity(rule, favoured))
                 before_key = tuple(itertools.takewhile(lambda r: r is not key_rule, rules))
@@ -189,8 +199,8 @@ class FlowPlan:
         elif not any(rule.changes for rule in rules):
             # no CHANGED*, so no report to keep in order: each keyed rule that holds is a
             # match, and only the other rules are tried on every event
-            filed = [Filing(rule, ()) for rule in rules if rule.is_key]
-            others = tuple(rule for rule in rules if not rule.is_key)
+            filed = [Filing(rule, ()) for rule in rules if rule.is_key or rule.unless]
+            others = tuple(rule for rule in rules if not (rule.is_key or rule.unless))
             if filed:
                 return filed + ([Filing(None, others)] if others else [])
         return [Filing(None, rules)]
@@ -248,6 +258,7 @@ class Bucket:
         "flows",
         "index",
         "name",
+        "negations",
         "orders",
         "repeats",
         "rests",
@@ -262,6 +273,8 @@ class Bucket:
     index: dict[str, tuple[RulePlan, dict[Hashable, list[_Filed]]]]
     orders: dict[str, tuple[RulePlan, dict[tuple[Hashable, str], list[tuple[object, _Filed]]]]]
     """By field, by (reading kind, operator): (bound, flow) of the order rules."""
+    # by field: the negations flows matched on, and their positions
+    negations: dict[str, tuple[RulePlan, list[tuple[Unless, int]]]]
     rests: list[tuple[RulePlan, ...]]  # the other rules of the filed ALL flows
     unknown_changes: dict[str, list[_Filed]]
     """By column: the flows filed after a CHANGED* rule on it, and their rules before the
@@ -276,6 +289,7 @@ class Bucket:
         favoured = Counter(field for plan in plans for field in plan.keyed_fields())
         self.flows = tuple(c.flow for c in compiled)
         self.index, self.orders, self.rests, self.scanned = {}, {}, [], []
+        self.negations = {}
         self.unknown_changes = {}
         self.repeats = False
         for position, flow in enumerate(compiled):
@@ -302,6 +316,10 @@ class Bucket:
 
     def _file(self, rule: RulePlan, filed: _Filed) -> None:
         assert rule.read is not None
+        if rule.unless is not None:
+            by_rule = self.negations.setdefault(rule.field_key, (rule, []))[1]
+            by_rule.append((rule.unless, filed[0]))
+            return
         if rule.keys is not None:
             by_key = self.index.setdefault(rule.field_key, (rule, {}))[1]
             for key in rule.keys:
@@ -316,7 +334,7 @@ class Bucket:
     @property
     def scanned_only(self) -> bool:
         """Whether every flow is scanned: matched in ascending order, once each."""
-        return not self.index and not self.orders
+        return not self.index and not self.orders and not self.negations
 
     def _generate(self, view: EventView) -> Classification:
         """Classifies the bucket's first event, once its classifier is generated."""
@@ -426,7 +444,10 @@ class _Source:
         rests = self._rests()
         lines = body.lines
         reads = ["    types = view.column_types", "    readings = view.readings"]
-        for key, (rule, _) in (bucket.index | bucket.orders).items():
+        read_first = {key: rule for key, (rule, _) in bucket.index.items()}
+        read_first |= {key: rule for key, (rule, _) in bucket.orders.items()}
+        read_first |= {key: rule for key, (rule, _) in bucket.negations.items()}
+        for key, rule in read_first.items():
             local = body.local(key)
             if rule.read_inline is None:
                 reads.append(f"    {local} = {name(rule.read, 'read')}(view)")
@@ -459,6 +480,22 @@ class _Source:
                 "            found = entries[:at] if below else entries[at:]",
             ]
             self._try("found", 3)
+        extend = "matched.update" if bucket.repeats else "matched.extend"
+        for key, (_, negations) in bucket.negations.items():
+            by_key, otherwise, null = _negation_index(negations)
+            local, null_key = body.local(key), name(NULL_KEY, "null")
+            by_kind = (
+                f"{name(otherwise, 'otherwise')}.get({local}[2], {name(otherwise[None], 'all')})"
+            )
+            if_null = f"{name(null, 'if_null')}.get({local}[2], {name(null[None], 'null_all')})"
+            lines += [
+                f"    if {local}[4] is {null_key}:",
+                f"        {extend}({if_null})",
+                f"    elif (found := {name(by_key, 'holding')}.get({local}[4])) is not None:",
+                f"        {extend}(found)",
+                "    else:",
+                f"        {extend}({by_kind})",
+            ]
         if bucket.unknown_changes:
             lines.append("    old = view.old")
         for column, watching in bucket.unknown_changes.items():
@@ -477,14 +514,21 @@ class _Source:
         head.append("    get = view.readings.get")
         if lazy := [local for key, local in body.locals.items() if key not in eager]:
             head.append(f"    {' = '.join(lazy)} = None")
-        ordered = "matched" if bucket.scanned_only else "sorted(matched)"
         pick = name(_picker(bucket.flows), "pick")
+        # a Classification made as the tuple it is: its __new__ is a Python call
+        new = f"{name(tuple.__new__, 'new')}({name(Classification, 'classification')}"
         tail = [
-            "    if not matched and not lacking:",
+            "    if lacking:",
+            f"        return {new}, ({pick}(sorted(matched)), {pick}(sorted(set(lacking)))))",
+            "    if not matched:",
             f"        return {name(NOTHING_MATCHED, 'nothing')}",
-            f"    return {name(Classification, 'classification')}({pick}({ordered}),"
-            f" {pick}(sorted(set(lacking))) if lacking else ())",
         ]
+        if bucket.repeats:
+            tail.append(f"    return {new}, ({pick}(sorted(matched)), ()))")
+        else:
+            if not bucket.scanned_only:  # else scanned in ascending order, once each
+                tail.append("    matched.sort()")
+            tail.append(f"    return {new}, ({pick}(matched), ()))")
         self.namespace.define(["\n".join(head + reads + lines + tail)])
         classify: BucketClassifier = self.namespace.values["classify"]  # type: ignore[assignment]
         return classify
@@ -551,3 +595,24 @@ def _picker(flows: tuple[Flow, ...]) -> Callable[[Sequence[int]], tuple[Flow, ..
         return (flows[positions[0]],) if positions else ()
 
     return pick
+
+
+_Holding = dict[Hashable, tuple[int, ...]]
+
+
+def _negation_index(negations: Sequence[tuple[Unless, int]]) -> tuple[_Holding, _Holding, _Holding]:
+    """Which negations of one field hold, by the field's reading: (by each key a rule
+    names, by kind for any other key, by kind for a null). Under None, the kinds no rule
+    names: every negation holds but those naming the key."""
+    kinds = {kind for (_, unreadable), _ in negations for kind in unreadable}
+    named = {k: kind for (keys, _), _ in negations for k, kind in keys.items() if k is not NULL_KEY}
+
+    def holding(kind: Hashable, key: object) -> tuple[int, ...]:
+        return tuple(
+            p for (keys, unreadable), p in negations if kind not in unreadable and key not in keys
+        )
+
+    by_key = {key: holding(kind, key) for key, kind in named.items()}
+    otherwise = {kind: holding(kind, None) for kind in (*kinds, None)}
+    null = {kind: holding(kind, NULL_KEY) for kind in (*kinds, None)}
+    return by_key, otherwise, null
