@@ -482,19 +482,17 @@ class _Source:
             self._try("found", 3)
         extend = "matched.update" if bucket.repeats else "matched.extend"
         for key, (_, negations) in bucket.negations.items():
-            by_key, otherwise, null = _negation_index(negations)
+            if_key, if_other, if_null = _negation_index(negations)
             local, null_key = body.local(key), name(NULL_KEY, "null")
-            by_kind = (
-                f"{name(otherwise, 'otherwise')}.get({local}[2], {name(otherwise[None], 'all')})"
-            )
-            if_null = f"{name(null, 'if_null')}.get({local}[2], {name(null[None], 'null_all')})"
+            other = f"{name(if_other, 'if_other')}.get({local}[2], {name(if_other[None], 'all')})"
+            null = f"{name(if_null, 'if_null')}.get({local}[2], {name(if_null[None], 'null_all')})"
             lines += [
                 f"    if {local}[4] is {null_key}:",
-                f"        {extend}({if_null})",
-                f"    elif (found := {name(by_key, 'holding')}.get({local}[4])) is not None:",
+                f"        {extend}({null})",
+                f"    elif (found := {name(if_key, 'if_key')}.get({local}[4])) is not None:",
                 f"        {extend}(found)",
                 "    else:",
-                f"        {extend}({by_kind})",
+                f"        {extend}({other})",
             ]
         if bucket.unknown_changes:
             lines.append("    old = view.old")
