@@ -211,8 +211,9 @@ class FlowPlan:
 
 
 def _selectivity(rule: RulePlan, favoured: Mapping[str, int]) -> tuple[bool, bool, int, int]:
-    """Smaller for the better key: values before orders, then not a null test, then the
-    field more flows may be filed under (read once for them all), then fewest keys."""
+    """Smaller for the better key: values before orders (which hold for about half the
+    events), then not a null test, then the field more flows may be filed under (read
+    once for them all), then fewest keys."""
     keys = rule.keys or ()
     return rule.keys is None, NULL_KEY in keys, -favoured.get(rule.field_key, 0), len(keys)
 
@@ -240,14 +241,21 @@ _CUTS: Final[Mapping[str, tuple[Callable[..., int], bool]]] = {
 class Bucket:
     """The flows of one (schema, table, change type), filed so that an event tries few.
 
-    A flow whose rules must all hold, one of them a key ahead of any CHANGED*, is filed
-    under that key: an `=`, `IN` or `IS_NULL` by the reading keys on which it holds, an
-    order against a fixed value (`>`, `<=`, …) by its bound, kept sorted so that one
-    bisection per event finds the rules that hold. An event tries the flow only when its
-    key holds, then checks the other rules. A flow any of whose rules may hold is filed
-    under each of its keys and matches on a hit; only its other rules are tried on every
-    event. Every other flow is tried on every event. Outside UPDATE, CHANGED* never
-    holds: flows that need one are left out, and those that may use one drop it.
+    Keys are rules an index tells from the field's reading alone: an `=`, `IN` or
+    `IS_NULL` by the reading keys on which it holds; an order against a fixed value
+    (`>`, `<=`, …) by its bound, kept sorted so that one bisection per event finds the
+    rules that hold; a negation (`!=`, `NOT_IN`, `IS_NOT_NULL`) by the keys and kinds on
+    which it does not, the flows holding for each worked out once.
+
+    A flow whose rules must all hold and that has a key is filed under its most
+    selective one (`_selectivity`): an event tries it only when that key holds, then
+    checks the other rules in order. If a CHANGED* rule comes before the key, the flow
+    may need reporting even when the key fails: that is checked only on events whose old
+    row lacks the CHANGED* column (`unknown_changes`). A flow any of whose rules may
+    hold, none a CHANGED*, is filed under each of its keys (and negations) and matches on
+    a hit; only its other rules are tried on every event. Every other flow is tried on
+    every event. Outside UPDATE, CHANGED* never holds: flows that need one are left out,
+    and those that may use one drop it.
 
     The bucket's events are classified by a function generated for it on its first event
     (loading stays quick): each field read once into a local, checks inline (`_Source`).
@@ -354,6 +362,7 @@ class _Namespace:
         self._names: dict[int, str] = {}  # id of a value → its name
 
     def name(self, value: object, hint: str) -> str:
+        # by id: a named value is kept in `values`, so no other value takes its id
         name = self._names.get(id(value))
         if name is None:
             name = self._names[id(value)] = f"_{hint}{len(self.values)}"
@@ -428,8 +437,11 @@ class _Source:
     """The text of a bucket's classifier, and the functions it calls:
 
     read each field an index is keyed by;
-    for each index, the flows filed under the event's key (or whose bound the
-        value passes): matched, or their other rules checked (`rest` functions);
+    for each index, the flows filed under the event's key (or whose bound the value
+        passes): matched, or their other rules checked (`rest` functions);
+    the flows whose negation holds for the event's key: matched;
+    where the old row lacks a column a CHANGED* before a key reads: those flows'
+        rules before their key, for the report;
     each scanned flow's rules, inline;
     the matched positions, ascending and once each, as flows.
     """
