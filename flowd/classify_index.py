@@ -406,10 +406,19 @@ class _Body:
     def read(self, rule: RulePlan) -> str:
         """An expression reading the rule's field into its local."""
         local = self.local(rule.field_key)
-        key = self.namespace.name(rule.field_key, "key")
-        read = f"get({key}) or {self.namespace.name(rule.read, 'read')}(view)"
         self.known.add(rule.field_key)
-        return f"({local} := {read})" if self._first_use else f"({local} or ({local} := {read}))"
+        if self._first_use:  # a rest function: its caller may have read the field
+            key = self.namespace.name(rule.field_key, "key")
+            return f"({local} := get({key}) or {self.namespace.name(rule.read, 'read')}(view))"
+        return f"({local} or ({local} := {self.reading(rule)}))"
+
+    def reading(self, rule: RulePlan) -> str:
+        """An expression for the rule's field reading, read anew, kept in `view.readings`
+        only where `rule.read` has to read it."""
+        if rule.read_inline is None:
+            return f"{self.namespace.name(rule.read, 'read')}(view)"
+        template, values = rule.read_inline
+        return template.replace("{c}", self.namespace.prefix(values))
 
     def check(self, rule: RulePlan) -> str:
         """The rule's check as an expression."""
@@ -460,13 +469,11 @@ class _Source:
         read_first |= {key: rule for key, (rule, _) in bucket.orders.items()}
         read_first |= {key: rule for key, (rule, _) in bucket.negations.items()}
         for key, rule in read_first.items():
-            local = body.local(key)
+            local, reading = body.local(key), body.reading(rule)
             if rule.read_inline is None:
-                reads.append(f"    {local} = {name(rule.read, 'read')}(view)")
-                continue
-            template, values = rule.read_inline
-            reading = template.replace("{c}", self.namespace.prefix(values))
-            reads.append(f"    {local} = readings[{name(key, 'key')}] = {reading}")
+                reads.append(f"    {local} = {reading}")
+            else:  # for the rest functions
+                reads.append(f"    {local} = readings[{name(key, 'key')}] = {reading}")
         eager = set(body.locals)
         body.known.update(eager)
         for key, (_, by_key) in bucket.index.items():
