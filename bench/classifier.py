@@ -16,7 +16,7 @@ from bench.generate import Workload
 from bench.naive import BucketedNaive, naive_classify
 from bench.peer import PeerEngine
 from bench.report import Row, Samples, render
-from flowd.classify import _rule_plan, build_index
+from flowd.classify import build_index, forget_compiled
 from flowd.models import ChangeEvent, Flow
 
 __all__ = ["Disagreement", "run"]
@@ -81,7 +81,7 @@ def _events_per_second(classify: Classifier, events: Sequence[ChangeEvent]) -> f
 
 
 def _load_seconds(flows: Sequence[Flow]) -> float:
-    _rule_plan.cache_clear()  # as at start-up: no rule compiled yet
+    forget_compiled()  # as at start-up: no rule compiled yet
     started = time.perf_counter()
     build_index(flows)
     return time.perf_counter() - started

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import Enum, StrEnum
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from flowd.classify_index import (
     NOTHING_MATCHED,
@@ -38,8 +38,10 @@ from flowd.classify_index import (
     FlowPlan,
     FlowPredicate,
     Inline,
+    OrderBounds,
     RuleCheck,
     RulePlan,
+    Unless,
 )
 from flowd.errors import FlowDefinitionError
 from flowd.models import ChangeEvent, ChangeType, Flow, Rule
@@ -53,6 +55,7 @@ __all__ = [
     "build_index",
     "check_rule_against_columns",
     "compile_flow",
+    "forget_compiled",
 ]
 
 _CHANGE_TYPES: Final[tuple[ChangeType, ...]] = ("INSERT", "UPDATE", "DELETE")
@@ -83,20 +86,23 @@ class EventView:
     new: dict[str, Any]
     old: dict[str, Any]
     subject: dict[str, Any]  # the record a field without `old.`/`new.` addresses
-    readings: dict[str, Reading]  # each addressed field read once, by its address
+    # each addressed field read once, by its address (`Reading`); for CHANGED*, each
+    # field's change (`ChangeReading`)
+    readings: dict[str, Any]
 
     def __init__(self, event: ChangeEvent) -> None:
-        self.change_type = event.type
+        self.change_type = change_type = event.type
         self.column_types = event.column_types
-        self.new = event.new
-        self.old = event.old
-        self.subject = self.old if event.type == "DELETE" else self.new
+        self.new = new = event.record or {}  # as `event.new`, without the call
+        self.old = old = event.old_record or {}
+        self.subject = old if change_type == "DELETE" else new
         self.readings = {}
 
 
 Reading = tuple[object, str | None, "_Kind", "Scalar | None", Hashable | None]
 """A field as one event holds it, read once: (value, type name, kind, value read as that
-kind or None, index key). The key is `(kind, reading)`, `NULL_KEY` for null or missing,
+kind or None, index key). The key is `(kind, reading)` (text: the text alone, whose
+hash Python keeps), `NULL_KEY` for null or missing,
 or None for a value that cannot be read as its own type."""
 
 # --------------------------------------------------------------------------- public API
@@ -141,7 +147,8 @@ class FlowIndex:
             for change_type in change_types:
                 by_event_kind.setdefault((schema, table, change_type), []).append(compiled)
         self._by_event_kind = {
-            key: Bucket(key[2], compiled) for key, compiled in by_event_kind.items()
+            key: Bucket(key[2], compiled, f"{key[0]}.{key[1]} {key[2]}")
+            for key, compiled in by_event_kind.items()
         }
 
     def classify(self, event: ChangeEvent) -> Classification:
@@ -188,6 +195,12 @@ def build_index(flows: Iterable[Flow]) -> tuple[FlowIndex, list[FlowDefinitionEr
     return FlowIndex(compiled), refused
 
 
+def forget_compiled() -> None:
+    """Forget the rules, fields and values compiled so far, as at start-up (benchmarks)."""
+    for cached in (_rule_plan, _parse_field, _field_reader, _column_read_inline, _RuleValue.read):
+        cached.cache_clear()
+
+
 def check_rule_against_columns(rule: Rule, column_types: Mapping[str, str]) -> str | None:
     """A sentence saying why `rule` cannot work on a table with these columns, or None.
 
@@ -211,7 +224,7 @@ def check_rule_against_columns(rule: Rule, column_types: Mapping[str, str]) -> s
         if reading is None:
             return f"the IN list has an item (null, array or object) that {what} can never equal"
         if reading.as_kind[kind] is None and not (
-            kind is _Kind.INSTANT and reading.offset is not None and operator_name in _ORDERS
+            kind is _INSTANT and reading.offset is not None and operator_name in _ORDERS
         ):
             if reading.offset is not None:
                 return f"{reading.text!r} (relative time) only works with <, >, <= and >="
@@ -240,14 +253,24 @@ class _Kind(StrEnum):
     OTHER = "another kind of value"
 
 
+# Each member by a module name: reading an Enum member off its class costs a call.
+_NUMBER: Final = _Kind.NUMBER
+_BOOL: Final = _Kind.BOOL
+_INSTANT: Final = _Kind.INSTANT
+_TEXT: Final = _Kind.TEXT
+_ARRAY: Final = _Kind.ARRAY
+_OBJECT: Final = _Kind.OBJECT
+_NULL: Final = _Kind.NULL
+_OTHER: Final = _Kind.OTHER
+
 _TYPNAME_KINDS: Final[Mapping[str, _Kind]] = {
-    **dict.fromkeys(("int2", "int4", "int8", "numeric", "float4", "float8"), _Kind.NUMBER),
-    "bool": _Kind.BOOL,
-    **dict.fromkeys(("timestamptz", "timestamp", "date"), _Kind.INSTANT),
+    **dict.fromkeys(("int2", "int4", "int8", "numeric", "float4", "float8"), _NUMBER),
+    "bool": _BOOL,
+    **dict.fromkeys(("timestamptz", "timestamp", "date"), _INSTANT),
 }
 _JSON_TYPNAMES: Final = frozenset({"json", "jsonb"})
-_SCALAR_KINDS: Final = frozenset({_Kind.NUMBER, _Kind.BOOL, _Kind.INSTANT, _Kind.TEXT})
-_ORDERED_KINDS: Final = frozenset({_Kind.NUMBER, _Kind.INSTANT, _Kind.TEXT})
+_SCALAR_KINDS: Final = frozenset({_NUMBER, _BOOL, _INSTANT, _TEXT})
+_ORDERED_KINDS: Final = frozenset({_NUMBER, _INSTANT, _TEXT})
 
 Scalar = Decimal | int | bool | datetime | str
 
@@ -256,32 +279,32 @@ def _kind_of(value: object, typname: str | None) -> _Kind:
     """The kind a field is compared as: its column's type, else its JSON value's."""
     if typname is not None and typname not in _JSON_TYPNAMES:
         if typname.startswith("_"):
-            return _Kind.ARRAY
+            return _ARRAY
         declared = _TYPNAME_KINDS.get(typname)
         if declared is not None:
             return declared
         # text, uuid, enum, …; a domain over a number still arrives as a JSON number
         if value is None or value is _MISSING or isinstance(value, str):
-            return _Kind.TEXT
+            return _TEXT
     return _json_kind(value)
 
 
 def _json_kind(value: object) -> _Kind:
     if value is None or value is _MISSING:
-        return _Kind.NULL
+        return _NULL
     if isinstance(value, bool):  # before int: bool is an int in Python
-        return _Kind.BOOL
+        return _BOOL
     if isinstance(value, int | float | Decimal):
-        return _Kind.NUMBER
+        return _NUMBER
     if isinstance(value, str):
-        return _Kind.TEXT
+        return _TEXT
     if isinstance(value, list):
-        return _Kind.ARRAY
+        return _ARRAY
     if isinstance(value, dict):
-        return _Kind.OBJECT
+        return _OBJECT
     if isinstance(value, date):
-        return _Kind.INSTANT
-    return _Kind.OTHER
+        return _INSTANT
+    return _OTHER
 
 
 # --------------------------------------------------------------------------- reading
@@ -353,21 +376,33 @@ def _read_text(value: object) -> str | None:
 
 
 _FIELD_READERS: Final[Mapping[_Kind, Callable[[object], Scalar | None]]] = {
-    _Kind.NUMBER: _read_number,
-    _Kind.BOOL: _read_bool,
-    _Kind.INSTANT: _read_instant,
-    _Kind.TEXT: _read_text,
+    _NUMBER: _read_number,
+    _BOOL: _read_bool,
+    _INSTANT: _read_instant,
+    _TEXT: _read_text,
 }
 
 
 def _reading(value: object, typname: str | None) -> Reading:
     """A field's value read once: its kind, its value as that kind, its index key."""
+    return _READINGS[typname](value, typname)
+
+
+def _any_reading(value: object, typname: str | None) -> Reading:
+    """`_reading` worked out from the type name and the value alike."""
     kind = _kind_of(value, typname)
     if value is None or value is _MISSING:
         return (value, typname, kind, None, NULL_KEY)
     reader = _FIELD_READERS.get(kind)
     actual = None if reader is None else reader(value)
-    return (value, typname, kind, actual, None if actual is None else (kind, actual))
+    return (value, typname, kind, actual, _key(kind, actual))
+
+
+def _key(kind: _Kind, actual: Scalar | None) -> Hashable | None:
+    """The index key of a value read as `kind`: see `Reading`."""
+    if actual is None:
+        return None
+    return actual if kind is _TEXT else (kind, actual)
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,10 +421,10 @@ class _RuleValue:
         return cls(
             text,
             {
-                _Kind.NUMBER: _parse_number(text),
-                _Kind.BOOL: _parse_bool(text),
-                _Kind.INSTANT: _parse_instant(text),
-                _Kind.TEXT: text,
+                _NUMBER: _parse_number(text),
+                _BOOL: _parse_bool(text),
+                _INSTANT: _parse_instant(text),
+                _TEXT: text,
             },
             parse_relative(text),
         )
@@ -419,12 +454,11 @@ def _json_item(item: object) -> _RuleValue | None:
 # --------------------------------------------------------------------------- addressing
 
 
-@dataclass(frozen=True, slots=True)
-class _Step:
+class _Step(NamedTuple):
     """One path segment below the column: a key, or also an index when it is digits."""
 
     key: str
-    index: int | None
+    at: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,20 +471,44 @@ class _FieldAddress:
     def resolve(self, view: EventView) -> tuple[object, str | None]:
         return _resolve(self, self.record(view), view.column_types)
 
+    def read_inline(self) -> Inline | None:
+        """The field's reading as an expression (see `RulePlan.read_inline`), if it is a
+        column: as `reader` reads it, without the call."""
+        if self.steps:
+            return None
+        return _column_read_inline(self.key.partition(":")[0] or "subject", self.column)
+
     def reader(self) -> Fetch:
         """Reads the field in an event and keeps the reading in `view.readings[key]`.
 
         A rule asks `view.readings.get(key) or read(view)`: the first one reads."""
-        key = self.key
-        if not self.steps:
-            return _column_reader(key, self.record, self.column)
-        resolve = self.resolve
+        return _field_reader(self)
 
-        def read(view: EventView) -> Reading:
-            reading = view.readings[key] = _reading(*resolve(view))
-            return reading
 
-        return read
+@functools.lru_cache(maxsize=4096)  # one reader per field
+def _field_reader(address: _FieldAddress) -> Fetch:
+    """`_FieldAddress.reader`."""
+    key, record, column, steps = address.key, address.record, address.column, address.steps
+    if not steps:
+        return _column_reader(key, record, column)
+
+    def read(view: EventView) -> Reading:
+        types = view.column_types
+        value, typname = _walk(record(view).get(column, _MISSING), types.get(column), steps)
+        reading = view.readings[key] = _READINGS[typname](value, typname)
+        return reading
+
+    return read
+
+
+@functools.lru_cache(maxsize=4096)  # one per column: every rule on it shares it
+def _column_read_inline(record: str, column: str) -> Inline:
+    """`_FieldAddress.read_inline` of a column of `view.<record>`."""
+    text = (
+        "{c}readings[({c}typname := types.get({c}column))]"
+        f"(view.{record}.get({{c}}column, {{c}}missing), {{c}}typname)"
+    )
+    return text, {"readings": _READINGS, "column": column, "missing": _MISSING}
 
 
 def _column_reader(key: str, record: Callable[[EventView], dict[str, Any]], column: str) -> Fetch:
@@ -459,36 +517,105 @@ def _column_reader(key: str, record: Callable[[EventView], dict[str, Any]], colu
     def read(view: EventView) -> Reading:
         typname = view.column_types.get(column)
         value = record(view).get(column, _MISSING)
-        reading = view.readings[key] = _TYPED_READINGS.get(typname, _reading)(value, typname)
+        reading = view.readings[key] = _READINGS[typname](value, typname)
         return reading
 
     return read
 
 
-# `_reading` for a column whose type alone says how it is read, without working out the
-# kind of each value: a declared kind (number, boolean, instant), or text for a string.
+# `_reading` by type name, so that a field's type name and value tell its reading with as
+# little work as can be: the common cases are read straight, the others by `_any_reading`.
+ReadingFunction = Callable[[object, str | None], Reading]
+
+
 def _text_reading(value: object, typname: str | None) -> Reading:
+    """A text-like column (text, uuid, an enum, …)."""
     if type(value) is str:
-        return (value, typname, _Kind.TEXT, value, (_Kind.TEXT, value))
-    return _reading(value, typname)
+        return (value, typname, _TEXT, value, value)
+    return _any_reading(value, typname)
 
 
-def _declared_reading(kind: _Kind) -> Callable[[object, str | None], Reading]:
+def _array_reading(value: object, typname: str | None) -> Reading:
+    """A typed array column: never equal to anything nor ordered."""
+    if value is None or value is _MISSING:
+        return (value, typname, _ARRAY, None, NULL_KEY)
+    return (value, typname, _ARRAY, None, None)
+
+
+def _json_reading(value: object, typname: str | None) -> Reading:
+    """A value whose kind its JSON type says: below json/jsonb, or of no known column."""
+    # exact types only: a bool is an int, which the table keeps apart
+    kind = _JSON_KINDS.get(type(value))
+    if kind is _TEXT:
+        return (value, typname, kind, value, value)  # type: ignore[return-value]
+    if kind is _BOOL or type(value) is int:
+        return (value, typname, kind, value, (kind, value))  # type: ignore[return-value]
+    if kind is _NULL:
+        return (value, typname, kind, None, NULL_KEY)
+    if kind is _ARRAY or kind is _OBJECT:
+        return (value, typname, kind, None, None)
+    return _any_reading(value, typname)
+
+
+_JSON_KINDS: Final[Mapping[type, _Kind]] = {
+    str: _TEXT,
+    bool: _BOOL,
+    int: _NUMBER,
+    list: _ARRAY,
+    dict: _OBJECT,
+    type(None): _NULL,
+    _Missing: _NULL,
+}
+
+_KEPT_READINGS: Final = 4096  # per column type and value type: bounds the memory they take
+
+
+def _declared_reading(kind: _Kind) -> ReadingFunction:
+    """Reads a column of one declared type (a number, a boolean, an instant).
+
+    Its readings of plain values are kept, apart by the value's exact type (1, 1.0 and
+    True are equal keys of one dict): reading text or a float as a number or an instant
+    is the costly part of a field, and a column's values repeat across events."""
     read = _FIELD_READERS[kind]
+    kept_by_type: dict[type, dict[object, Reading]] = {str: {}, int: {}, float: {}, bool: {}}
 
     def reading(value: object, typname: str | None) -> Reading:
-        if value is None or value is _MISSING:
-            return (value, typname, kind, None, NULL_KEY)
-        actual = read(value)
-        return (value, typname, kind, actual, None if actual is None else (kind, actual))
+        kept = kept_by_type.get(type(value))
+        if kept is None:  # null, missing, or a value the column cannot hold
+            if value is None or value is _MISSING:
+                return (value, typname, kind, None, NULL_KEY)
+            actual = read(value)
+            return (value, typname, kind, actual, _key(kind, actual))
+        found = kept.get(value)
+        if found is None:
+            if len(kept) >= _KEPT_READINGS:
+                kept.clear()
+            actual = read(value)
+            found = (value, typname, kind, actual, _key(kind, actual))
+            kept[value] = found
+        return found
 
     return reading
 
 
-_TYPED_READINGS: Final[Mapping[str | None, Callable[[object, str | None], Reading]]] = {
-    **dict.fromkeys(("text", "varchar", "bpchar", "uuid", "citext", "name"), _text_reading),
-    **{typname: _declared_reading(kind) for typname, kind in _TYPNAME_KINDS.items()},
-}
+class _ReadingsByType(dict[str | None, ReadingFunction]):
+    """The reading function of each type name; one not met yet (an array, an enum, a
+    domain) is worked out on first use and kept."""
+
+    def __missing__(self, typname: str | None) -> ReadingFunction:
+        assert typname is not None
+        reading = self[typname] = _array_reading if typname.startswith("_") else _text_reading
+        return reading
+
+
+_READINGS: Final = _ReadingsByType(
+    {  # type: ignore[misc]  # the None key: dict.fromkeys' key type is not inferred
+        **dict.fromkeys((None, *_JSON_TYPNAMES), _json_reading),
+        **dict.fromkeys(("text", "varchar", "bpchar", "uuid", "citext", "name"), _text_reading),
+        # one per type name: a kept reading carries its type name
+        **{typname: _declared_reading(kind) for typname, kind in _TYPNAME_KINDS.items()},
+    }
+)
 
 
 _RECORDS: Final[Mapping[str, Callable[[EventView], dict[str, Any]]]] = {
@@ -498,6 +625,7 @@ _RECORDS: Final[Mapping[str, Callable[[EventView], dict[str, Any]]]] = {
 _subject_record: Final[Callable[[EventView], dict[str, Any]]] = operator.attrgetter("subject")
 
 
+@functools.lru_cache(maxsize=4096)  # flows repeat fields: rules on one share its reader
 def _parse_field(field: str) -> _FieldAddress:
     if not field.strip():
         raise _Refused("the field is empty")
@@ -520,23 +648,27 @@ def _resolve(
     address: _FieldAddress, record: Mapping[str, Any], column_types: Mapping[str, str]
 ) -> tuple[object, str | None]:
     """The addressed value (or _MISSING) and its Postgres type name when one is known."""
-    value: object = record.get(address.column, _MISSING)
-    typname = column_types.get(address.column)
-    for step in address.steps:
-        value, typname = _descend(value, typname, step)
+    column = address.column
+    return _walk(record.get(column, _MISSING), column_types.get(column), address.steps)
+
+
+def _walk(
+    value: object, typname: str | None, steps: tuple[_Step, ...]
+) -> tuple[object, str | None]:
+    """Down a column's value (of type `typname`) along the path's steps."""
+    for key, at in steps:
+        if isinstance(value, dict):
+            value, typname = value.get(key, _MISSING), None
+        elif isinstance(value, list) and at is not None and at < len(value):
+            value = value[at]
+            if typname is not None and typname.startswith("_"):
+                # a row of a multidimensional array is still an array of the element type
+                typname = typname if isinstance(value, list) else typname[1:]
+            else:
+                typname = None
+        else:
+            value, typname = _MISSING, None
     return value, typname
-
-
-def _descend(value: object, typname: str | None, step: _Step) -> tuple[object, str | None]:
-    if isinstance(value, dict):
-        return value.get(step.key, _MISSING), None
-    if isinstance(value, list) and step.index is not None and step.index < len(value):
-        element = value[step.index]
-        if typname is None or not typname.startswith("_"):
-            return element, None
-        # a row of a multidimensional array is still an array of the element type
-        return element, typname if isinstance(element, list) else typname[1:]
-    return _MISSING, None
 
 
 def _addressed_type(
@@ -550,7 +682,7 @@ def _addressed_type(
         return None  # text and objects take the value as it is
     if not address.steps:
         return typname, f"column {address.column}"
-    if is_array and len(address.steps) == 1 and address.steps[0].index is not None:
+    if is_array and len(address.steps) == 1 and address.steps[0].at is not None:
         return typname[1:], f"the elements of column {address.column}"
     return None  # below json/jsonb, only the event's values tell
 
@@ -600,11 +732,11 @@ def _equal_verdict(value: object, typname: str | None, expected: _RuleValue) -> 
 
 def _contains_verdict(value: object, typname: str | None, expected: _RuleValue) -> _Verdict:
     kind = _kind_of(value, typname)
-    if kind is _Kind.TEXT:
+    if kind is _TEXT:
         return _HOLDS if isinstance(value, str) and expected.text in value else _FAILS
-    if kind is _Kind.OBJECT:
+    if kind is _OBJECT:
         return _HOLDS if isinstance(value, dict) and expected.text in value else _FAILS
-    if kind is not _Kind.ARRAY or not isinstance(value, list):
+    if kind is not _ARRAY or not isinstance(value, list):
         return _FAILS
     element_typname = typname[1:] if typname is not None and typname.startswith("_") else None
     element_kind = _TYPNAME_KINDS.get(element_typname or "")
@@ -617,8 +749,13 @@ def _contains_verdict(value: object, typname: str | None, expected: _RuleValue) 
     return _FAILS
 
 
+_CONTAINERS: Final = (list, dict)
+
+
 def _same_json(left: object, right: object) -> bool:
     """JSON equality as decoded: unlike Python's ==, true is not 1."""
+    if type(left) is type(right) and not isinstance(left, _CONTAINERS):
+        return left == right  # text, numbers, booleans and nulls of one type: the usual case
     if isinstance(left, bool) or isinstance(right, bool):
         return left is right
     if isinstance(left, int | float) and isinstance(right, int | float):
@@ -657,11 +794,19 @@ def _equal_test(value: str) -> FieldTest:
     return lambda field, typname: _equal_verdict(field, typname, expected)
 
 
-# A rule builder makes a rule's check from (rule.value, the field, negated?), says on
-# which index keys the (positive) rule holds, when it holds on those keys alone, and may
-# give the check as an expression to inline (`Inline`, see `flowd.classify_index`).
 Fetch = Callable[[EventView], Reading]
-Built = tuple[RuleCheck, frozenset[Hashable] | None, Inline | None]
+
+
+class Built(NamedTuple):
+    """What a rule builder makes of (rule.value, the field, negated?)."""
+
+    check: RuleCheck
+    keys: frozenset[Hashable] | None = None  # the index keys it holds on, if only on those
+    inline: Inline | None = None  # the check as an expression (see `flowd.classify_index`)
+    bounds: OrderBounds | None = None  # an order against a fixed value: its bound by kind
+    unless: Unless | None = None  # a negation of keys: when it does not hold
+
+
 RuleBuilder = Callable[[str, _FieldAddress, bool], Built]
 
 
@@ -689,7 +834,7 @@ def _keyed_rule(
 
     A kind `rule.value` cannot be read as makes the rule and its negation false."""
     keys: frozenset[Hashable] = frozenset(
-        (kind, wanted) for kind, readings in wanted_by_kind.items() for wanted in readings or ()
+        _key(kind, wanted) for kind, readings in wanted_by_kind.items() for wanted in readings or ()
     )
     unreadable = frozenset(kind for kind, readings in wanted_by_kind.items() if readings is None)
     key, read = field.key, field.reader()
@@ -703,8 +848,14 @@ def _keyed_rule(
 
     if negated:
         inline = "({r}[2] not in {c}unreadable and {r}[4] not in {c}keys)"
-        return holds_not, None, (inline, {"unreadable": unreadable, "keys": keys})
-    return holds, keys, ("{r}[4] in {c}keys", {"keys": keys})
+        values = {"unreadable": unreadable, "keys": keys}
+        kinds = {
+            _key(kind, wanted): kind
+            for kind, readings in wanted_by_kind.items()
+            for wanted in readings or ()
+        }
+        return Built(holds_not, inline=(inline, values), unless=(kinds, unreadable))
+    return Built(holds, keys, ("{r}[4] in {c}keys", {"keys": keys}))
 
 
 def _null_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
@@ -717,19 +868,22 @@ def _null_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
         return (view.readings.get(key) or read(view))[4] is not NULL_KEY
 
     if negated:
-        return holds_not, None, ("{r}[4] is not {c}null", {"null": NULL_KEY})
-    return holds, frozenset({NULL_KEY}), ("{r}[4] is {c}null", {"null": NULL_KEY})
+        inline = ("{r}[4] is not {c}null", {"null": NULL_KEY})
+        return Built(holds_not, inline=inline, unless=({NULL_KEY: None}, frozenset()))
+    return Built(holds, frozenset({NULL_KEY}), ("{r}[4] is {c}null", {"null": NULL_KEY}))
 
 
-def _order_rule(order: Callable[[Any, Any], Any]) -> RuleBuilder:
+def _order_rule(operator_name: str) -> RuleBuilder:
+    order = _ORDERS[operator_name]
+
     def build(value: str, field: _FieldAddress, negated: bool) -> Built:
         expected = _RuleValue.read(value)
         key, read = field.key, field.reader()
         bounds = {kind: expected.as_kind[kind] for kind in _ORDERED_KINDS}
-        if expected.as_kind[_Kind.NUMBER] is not None:
-            bounds[_Kind.TEXT] = None  # text against a number: "10" would sort before "9"
+        if expected.as_kind[_NUMBER] is not None:
+            bounds[_TEXT] = None  # text against a number: "10" would sort before "9"
         if (offset := expected.offset) is not None:
-            return _relative_order_rule(order, offset, field), None, None
+            return _relative_order_rule(order, offset, field)
 
         def holds(view: EventView) -> bool:
             _, _, kind, actual, _ = view.readings.get(key) or read(view)
@@ -740,24 +894,30 @@ def _order_rule(order: Callable[[Any, Any], Any]) -> RuleBuilder:
             "(({c}bound := {c}bounds.get({r}[2])) is not None"
             " and {r}[3] is not None and {c}order({r}[3], {c}bound))"
         )
-        return holds, None, (inline, {"bounds": bounds, "order": order})
+        readable: dict[Hashable, object] = {k: b for k, b in bounds.items() if b is not None}
+        inlined = (inline, {"bounds": bounds, "order": order})
+        return Built(holds, inline=inlined, bounds=(operator_name, readable))
 
     return build
 
 
 def _relative_order_rule(
     order: Callable[[Any, Any], Any], offset: timedelta, field: _FieldAddress
-) -> RuleCheck:
+) -> Built:
     """An instant field ordered against `now` ± offset, `now` read when the event is."""
     key, read = field.key, field.reader()
 
     def holds(view: EventView) -> bool:
         _, _, kind, actual, _ = view.readings.get(key) or read(view)
-        if kind is not _Kind.INSTANT or actual is None:
+        if kind is not _INSTANT or actual is None:
             return False
         return bool(order(actual, evaluation_time() + offset))
 
-    return holds
+    inline = (
+        "({r}[2] is {c}instant and {r}[3] is not None and {c}order({r}[3], {c}now() + {c}offset))"
+    )
+    values = {"instant": _INSTANT, "order": order, "now": evaluation_time, "offset": offset}
+    return Built(holds, inline=(inline, values))
 
 
 def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
@@ -769,7 +929,23 @@ def _contains_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
         value, typname, _, _, _ = view.readings.get(key) or read(view)
         return _contains_verdict(value, typname, expected) is holds_on
 
-    return holds, None, None
+    # text, the common case, is tested inline: its reading is the text, or None when null
+    if negated:
+        in_text = "({r}[3] is None or {c}text not in {r}[3])"
+    else:
+        in_text = "{r}[3] is not None and {c}text in {r}[3]"
+    inline = (
+        f"({{r}}[2] is {{c}}text_kind and {in_text} or {{r}}[2] is not {{c}}text_kind"
+        " and {c}verdict({r}[0], {r}[1], {c}expected) is {c}holds_on)"
+    )
+    values = {
+        "text": value,
+        "text_kind": _TEXT,
+        "verdict": _contains_verdict,
+        "expected": expected,
+        "holds_on": holds_on,
+    }
+    return Built(holds, inline=(inline, values))
 
 
 def _text_rule(test: Callable[[str, str], bool]) -> RuleBuilder:
@@ -778,10 +954,10 @@ def _text_rule(test: Callable[[str, str], bool]) -> RuleBuilder:
 
         def holds(view: EventView) -> bool:
             _, _, kind, text, _ = view.readings.get(key) or read(view)
-            return kind is _Kind.TEXT and isinstance(text, str) and test(text, value)
+            return kind is _TEXT and isinstance(text, str) and test(text, value)
 
         inline = "({r}[2] is {c}text and isinstance({r}[3], str) and {c}test({r}[3], {c}value))"
-        return holds, None, (inline, {"text": _Kind.TEXT, "test": test, "value": value})
+        return Built(holds, inline=(inline, {"text": _TEXT, "test": test, "value": value}))
 
     return build
 
@@ -795,10 +971,10 @@ def _matches_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
 
     def holds(view: EventView) -> bool:
         _, _, kind, text, _ = view.readings.get(key) or read(view)
-        return kind is _Kind.TEXT and isinstance(text, str) and search(text) is not None
+        return kind is _TEXT and isinstance(text, str) and search(text) is not None
 
     inline = "({r}[2] is {c}text and isinstance({r}[3], str) and {c}search({r}[3]) is not None)"
-    return holds, None, (inline, {"text": _Kind.TEXT, "search": search})
+    return Built(holds, inline=(inline, {"text": _TEXT, "search": search}))
 
 
 def _readings_as(kind: _Kind, items: Iterable[_RuleValue | None]) -> frozenset[Scalar] | None:
@@ -814,7 +990,7 @@ def _readings_as(kind: _Kind, items: Iterable[_RuleValue | None]) -> frozenset[S
 
 _RULE_BUILDERS: Final[Mapping[str, RuleBuilder]] = {
     "=": _equal_rule,
-    **{name: _order_rule(order) for name, order in _ORDERS.items()},
+    **{name: _order_rule(name) for name in _ORDERS},
     "CONTAINS": _contains_rule,
     "STARTS_WITH": _text_rule(str.startswith),
     "ENDS_WITH": _text_rule(str.endswith),
@@ -900,33 +1076,72 @@ def _rule_plan(field: str, operator_text: str, value: str | None) -> RulePlan:
     if value is None and operator_name not in _VALUE_FREE_OPERATORS:
         raise _Refused(f"operator {operator_name} needs a value")
     if operator_name in _CHANGE_OPERATORS:
-        check = _changed_check(operator_name, address, value)
-        return RulePlan(check, address.key, None, None, True)
+        return _changed_plan(operator_name, address, value)
     positive = _NEGATED.get(operator_name, operator_name)
-    check, keys, inline = _RULE_BUILDERS[positive](value or "", address, positive != operator_name)
-    return RulePlan(check, address.key, address.reader(), keys, False, inline)
+    built = _RULE_BUILDERS[positive](value or "", address, positive != operator_name)
+    return RulePlan(
+        built.check,
+        address.key,
+        address.reader(),
+        built.keys,
+        None,
+        built.inline,
+        built.bounds,
+        address.read_inline(),
+        built.unless,
+    )
 
 
-def _changed_check(operator_name: str, address: _FieldAddress, value: str | None) -> RuleCheck:
+ChangeReading = tuple[bool | None, object, str | None, object, str | None]
+"""A field's change in one UPDATE, worked out once for every CHANGED* rule on it:
+(changed, or None when `old` lacks it; old value and type name; new value and type name)."""
+
+
+def _changed_plan(operator_name: str, address: _FieldAddress, value: str | None) -> RulePlan:
     # An explicit old./new. prefix is ignored: CHANGED* always compares the two records.
-    then = None if value is None or operator_name == "CHANGED" else _equal_test(value)
-    compare_old = operator_name == "CHANGED_FROM"
-    column = address.column
+    key = "changed:" + address.key.partition(":")[2]
+    read = _change_reader(key, address)
+    if value is None or operator_name == "CHANGED":
+
+        def changed(view: EventView) -> bool | None:
+            change: ChangeReading = view.readings.get(key) or read(view)
+            return change[0]
+
+        return RulePlan(changed, key, read, None, address.column, ("{r}[0]", {}))
+    equal = _equal_test(value)
+    value_at = 1 if operator_name == "CHANGED_FROM" else 3  # the old value, or the new one
 
     def check(view: EventView) -> bool | None:
-        if view.change_type != "UPDATE":
-            return False
-        if column not in view.old:
-            # REPLICA IDENTITY DEFAULT: old carries only the primary key
-            return None if column in view.new or column in view.column_types else False
-        old_value, old_typname = _resolve(address, view.old, view.column_types)
-        new_value, new_typname = _resolve(address, view.new, view.column_types)
-        if old_value is _MISSING or new_value is _MISSING or _same_json(old_value, new_value):
-            return False
-        if then is None:
-            return True
-        if compare_old:
-            return then(old_value, old_typname) is _HOLDS
-        return then(new_value, new_typname) is _HOLDS
+        change: ChangeReading = view.readings.get(key) or read(view)
+        if not change[0]:
+            return change[0]
+        typname = change[value_at + 1]
+        return equal(change[value_at], typname if isinstance(typname, str) else None) is _HOLDS
 
-    return check
+    inline = f"({{r}}[0] and {{c}}equal({{r}}[{value_at}], {{r}}[{value_at + 1}]) is {{c}}holds)"
+    values = {"equal": equal, "holds": _HOLDS}
+    return RulePlan(check, key, read, None, address.column, (inline, values))
+
+
+def _change_reader(key: str, address: _FieldAddress) -> Callable[[EventView], ChangeReading]:
+    column = address.column
+
+    def read(view: EventView) -> ChangeReading:
+        change: ChangeReading
+        if view.change_type != "UPDATE":
+            change = (False, _MISSING, None, _MISSING, None)
+        elif column not in view.old:
+            # REPLICA IDENTITY DEFAULT: old carries only the primary key
+            lacks = column in view.new or column in view.column_types
+            change = (None if lacks else False, _MISSING, None, _MISSING, None)
+        else:
+            old_value, old_typname = _resolve(address, view.old, view.column_types)
+            new_value, new_typname = _resolve(address, view.new, view.column_types)
+            changed = not (
+                old_value is _MISSING or new_value is _MISSING or _same_json(old_value, new_value)
+            )
+            change = (changed, old_value, old_typname, new_value, new_typname)
+        view.readings[key] = change
+        return change
+
+    return read

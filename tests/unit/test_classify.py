@@ -114,8 +114,22 @@ def make_flow(
 
 
 def holds(field: str, operator: str, value: str | None, change: ChangeEvent) -> bool:
-    """Whether a one-rule flow matches `change`."""
+    """Whether a one-rule flow matches `change`, alike through its predicate and the index.
+
+    In the index, the rule is tried alone, as one of an ANY flow's and after another rule
+    of an ALL flow (`id` is never null in the frames), so that each way the index may
+    file a flow by the rule is checked against the predicate."""
     matched, _ = compile_flow(make_flow((field, operator, value))).evaluate(change)
+    index, refused = build_index(
+        [
+            make_flow((field, operator, value), flow_id=2),
+            make_flow((field, operator, value), ("id", "IS_NULL", None), flow_id=3, match="ANY"),
+            make_flow(("id", "IS_NOT_NULL", None), (field, operator, value), flow_id=4),
+        ]
+    )
+    assert refused == []
+    indexed = [flow.flow_id for flow in index.classify(change).flows]
+    assert indexed == ([2, 3, 4] if matched else []), indexed
     return matched
 
 
@@ -388,6 +402,7 @@ CONTAINS = cases(
     ("title", "CONTAINS", "realtime contract", {}, True),
     ("title", "CONTAINS", "Realtime", {}, False),
     ("title", "CONTAINS", "", {}, True),
+    ("title", "CONTAINS", "", {"title": None}, False),
     ("tags", "CONTAINS", "backend", {}, True),
     ("tags", "CONTAINS", "Backend", {}, False),
     ("tags", "CONTAINS", "back", {}, False),
@@ -434,6 +449,7 @@ def test_contains(
 NOT_CONTAINS = cases(
     ("title", "NOT_CONTAINS", "urgent", {}, True),
     ("title", "NOT_CONTAINS", "realtime", {}, False),
+    ("title", "NOT_CONTAINS", "", {"title": None}, True),
     ("tags", "NOT_CONTAINS", "shipped", {}, True),
     ("tags", "NOT_CONTAINS", "backend", {}, False),
     ("meta", "NOT_CONTAINS", "owner", {}, True),
