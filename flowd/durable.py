@@ -325,7 +325,3 @@ async def drain(app: App) -> Summary:
         dispatcher.cancel()
         await asyncio.gather(dispatcher, return_exceptions=True)
     return summary
-
-
-def _describe(exc: BaseException) -> str:
-    return describe(exc)

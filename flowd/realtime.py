@@ -138,13 +138,15 @@ class _Client(AsyncRealtimeClient):
         if not isinstance(frame, dict) or frame.get("event") != "postgres_changes":
             return False
         payload = frame.get("payload")
-        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(payload, dict):
+            return False  # the client's validation says what is wrong with it
+        data = payload.get("data")
         if not (
             isinstance(data, dict)
             and isinstance(data.get("type"), str)
-            and isinstance(payload.get("ids"), list)  # type: ignore[union-attr]
+            and isinstance(payload.get("ids"), list)
         ):
-            return False  # the client's validation says what is wrong with it
+            return False
         channel = self.channels.get(frame.get("topic"))  # type: ignore[arg-type]
         try:
             for callback in channel.postgres_changes_callbacks if channel else ():

@@ -181,7 +181,7 @@ class Recorder:
         self._redact = redact
         self.in_flight: set[int] = set()  # claimed here, outcome not written yet
         self.acting: set[int] = set()  # of those, the ones whose actions have begun
-        # Group commit: what is asked while one write is under way goes in the next one.
+        # Group commit: what is asked while writes are under way goes in the next one.
         self._claims = GroupWriter(self._write_claims)
         self._resumes = GroupWriter(self._write_claims)
         self._finishes = GroupWriter(self._write_outcomes)
