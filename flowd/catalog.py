@@ -28,7 +28,7 @@ ORDER BY a.attnum
 """
 
 _RELKIND_SQL = """
-SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = $1 AND c.relname = $2
 """
 _RELKINDS = {
