@@ -227,17 +227,9 @@ async def prepare(
             flow, prepared = await _compile(item, catalog, previous, policy)
         except FlowDefinitionError as problem:
             refused.append(problem)
-            last_good = previous.compiled.get(problem.flow_id) if previous else None
-            log.error(
-                "flow.refused",
-                flow_id=problem.flow_id,
-                where=problem.where,
-                reason=problem.reason,
-                kept_previous_definition=last_good is not None,
-            )
-            if last_good is None or previous is None:
+            if (kept := _refused(problem, previous)) is None:
                 continue
-            flow, prepared = last_good, previous.actions[problem.flow_id]
+            flow, prepared = kept
         compiled.append(flow)
         actions[flow.flow.flow_id] = prepared
     by_id = {c.flow.flow_id: c for c in compiled}
@@ -262,6 +254,23 @@ async def prepare(
         schedules=schedules,
         compiled=by_id,
     )
+
+
+def _refused(
+    problem: FlowDefinitionError, previous: FlowSet | None
+) -> tuple[CompiledFlow, tuple[act.PreparedAction, ...]] | None:
+    """Log the refusal; the flow's last good definition, which keeps running, if any."""
+    last_good = previous.compiled.get(problem.flow_id) if previous else None
+    log.error(
+        "flow.refused",
+        flow_id=problem.flow_id,
+        where=problem.where,
+        reason=problem.reason,
+        kept_previous_definition=last_good is not None,
+    )
+    if last_good is None or previous is None:
+        return None
+    return last_good, previous.actions[problem.flow_id]
 
 
 def _same(compiled: Mapping[int, CompiledFlow], previous: Mapping[int, CompiledFlow]) -> bool:
