@@ -25,6 +25,7 @@ from flowd.chain import OwnWrites
 from flowd.config import Settings
 from flowd.db import create_pool
 from flowd.engine import Engine
+from flowd.policy import TablePolicy
 from flowd.record import Recorder
 from flowd.secrets import Secrets
 
@@ -59,7 +60,10 @@ class App:
     ) -> flow_store.FlowSet:
         """The flows that run, prepared (see `flows.prepare`)."""
         return await flow_store.prepare(
-            await self.flow_definitions(flows_file), self.catalog, previous
+            await self.flow_definitions(flows_file),
+            self.catalog,
+            previous,
+            TablePolicy.from_settings(self.settings),
         )
 
     def engine(

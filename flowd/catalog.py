@@ -27,11 +27,31 @@ WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 ORDER BY a.attnum
 """
 
+_RELKIND_SQL = """
+SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relname = $2
+"""
+_RELKINDS = {
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "I": "an index",
+    "c": "a composite type",
+    "t": "a TOAST table",
+}
+
 _PUBLICATION_SQL = """
 SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1) AS publication_exists,
        EXISTS (SELECT 1 FROM pg_publication_tables
                WHERE pubname = $1 AND schemaname = $2 AND tablename = $3) AS table_published
 """
+
+
+def is_system_schema(schema: str) -> bool:
+    """`pg_catalog`, `pg_toast`, `pg_temp_N`... (Postgres reserves `pg_`) or information_schema."""
+    return schema.lower().startswith("pg_") or schema.lower() == "information_schema"
 
 
 def quote_ident(name: str) -> str:
@@ -89,6 +109,11 @@ class Catalog:
                 else None
             )
         return self._tables[key]
+
+    async def not_a_table(self, schema: str, name: str) -> str | None:
+        """What `schema.name` is when it exists but is no plain table (a view...), else None."""
+        relkind = await self._connection.fetchval(_RELKIND_SQL, schema, name)
+        return None if relkind is None else _RELKINDS.get(str(relkind), "not a table")
 
     async def publication_problem(self, schema: str, name: str) -> str | None:
         """Why Realtime would not send this table's changes, or None."""

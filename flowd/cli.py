@@ -179,10 +179,12 @@ async def _migrate(settings: Settings, secrets: Secrets) -> int:
 
 
 async def _validate(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
-    async with open_app(settings, secrets, database=args.flows is None) as app:
+    # A flows file is checked against the catalog too, whenever there is a database.
+    database = args.flows is None or settings.database_url is not None
+    async with open_app(settings, secrets, database=database) as app:
         loaded = await app.flow_definitions(args.flows)
         captured = None
-        if settings.delivery == "durable" and app.pool is not None:
+        if settings.delivery == "durable" and app.pool is not None and args.flows is None:
             captured = await CaptureTriggers(app.pool, settings.schema_name).attached()
         problems = await validate(loaded, app.catalog, settings, captured)
     for problem in problems:

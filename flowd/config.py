@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flowd.catalog import is_system_schema
 from flowd.errors import ConfigurationError, first_problem
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
@@ -109,6 +110,11 @@ class Settings(BaseSettings):
         "asyncpg statement cache; default 0 on port 6543 (transaction pooler), else 100",
         ge=0,
     )
+    db_update_schemas: str | None = _env(
+        "FLOWD_DB_UPDATE_SCHEMAS",
+        None,
+        "schemas a DB_UPDATE may write, comma-separated; default public and the trigger tables'",
+    )
     log_format: Literal["json", "console"] | None = _env(
         "FLOWD_LOG_FORMAT", None, "json off a terminal, console on one"
     )
@@ -143,6 +149,20 @@ class Settings(BaseSettings):
         if not _IDENTIFIER.fullmatch(value):
             raise ValueError("must be a plain identifier such as public or flowd")
         return value
+
+    @field_validator("db_update_schemas")
+    @classmethod
+    def _writable_schemas(cls, value: str | None) -> str | None:
+        names = [name.strip() for name in (value or "").split(",") if name.strip()]
+        for name in names:
+            if is_system_schema(name):
+                raise ValueError(f"{name} is a system schema, which no DB_UPDATE may write")
+        return ",".join(names) or None
+
+    @property
+    def db_update_schema_set(self) -> frozenset[str] | None:
+        """FLOWD_DB_UPDATE_SCHEMAS as a set; None when unset (the default applies)."""
+        return frozenset(self.db_update_schemas.split(",")) if self.db_update_schemas else None
 
     @field_validator("log_level", "delivery", "log_format", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from flowd.cron import Schedule, schedule_of
 from flowd.errors import ConfigurationError, FlowDefinitionError, first_problem
 from flowd.logs import get_logger
 from flowd.models import Flow, parse_flow
+from flowd.policy import TablePolicy
 
 log = get_logger()
 
@@ -131,11 +132,15 @@ def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def load_from_file(path: Path) -> list[Loaded]:
     """Flows from a flows file: a JSON array, or an object whose `flows` key holds one."""
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigurationError(f"cannot read flows file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"flows file {path} is not UTF-8 text: {exc.reason}") from None
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"flows file {path} is not JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigurationError(f"flows file {path} is nested too deeply") from None
     entries = document.get("flows") if isinstance(document, dict) else document
     if not isinstance(entries, list):
         raise ConfigurationError(f"flows file {path} must hold a JSON array of flows")
@@ -147,19 +152,45 @@ def load_from_file(path: Path) -> list[Loaded]:
     return loaded
 
 
+async def require_stored(
+    database: asyncpg.Pool | asyncpg.Connection, schema: str, flows: FlowSet, path: str
+) -> None:
+    """ConfigurationError unless every flow of a flows file that would run is also in the
+    database: its executions are recorded there, under its flow id."""
+    try:
+        stored = await database.fetch(
+            f"SELECT flow_id FROM {quote_ident(schema)}.flows WHERE flow_id = ANY($1::bigint[])",
+            list(flows.by_id),
+        )
+    except asyncpg.UndefinedTableError:
+        raise ConfigurationError(
+            f"flowd's tables are not in schema {schema}: run `flowd migrate` first"
+        ) from None
+    missing = sorted(set(flows.by_id) - {row["flow_id"] for row in stored})
+    if missing:
+        raise ConfigurationError(
+            f"flows file {path}: flow id(s) {', '.join(map(str, missing))} are not in the"
+            " database, where their executions would be recorded: load them into the database"
+            " first (or use --dry-run)"
+        )
+
+
 async def _compile(
-    flow: Flow, catalog: Catalog | None, previous: FlowSet | None
+    flow: Flow, catalog: Catalog | None, previous: FlowSet | None, policy: TablePolicy
 ) -> tuple[CompiledFlow, tuple[act.PreparedAction, ...]]:
+    if (refusal := policy.trigger_refusal(*flow.table_ref)) is not None:
+        raise FlowDefinitionError(flow.flow_id, "trigger_table", refusal)
     if flow.is_scheduled:
         schedule_of(flow)  # refuse a bad expression here, with the rest of the definition
     # A reload re-reads every flow: an unchanged one keeps its compiled rules and actions,
     # so that reloading allocates (and fragments the heap with) only what changed.
     known = previous.compiled.get(flow.flow_id) if previous is not None else None
     if previous is None or known is None or known.flow != flow:
-        return compile_flow(flow), await act.prepare(flow, catalog)
+        return compile_flow(flow), await act.prepare(flow, catalog, policy)
     prepared = previous.actions[flow.flow_id]
     if any(isinstance(p.config, act.db_update.DbUpdateConfig) for p in prepared):
-        prepared = await act.prepare(flow, catalog)  # checked again: its table may have changed
+        # Checked again: its table may have changed, and the schemas it may write with it.
+        prepared = await act.prepare(flow, catalog, policy)
     return known, prepared
 
 
@@ -169,13 +200,21 @@ async def _scheduled(compiled: CompiledFlow, catalog: Catalog | None) -> Schedul
 
 
 async def prepare(
-    loaded: Iterable[Loaded], catalog: Catalog | None, previous: FlowSet | None = None
+    loaded: Iterable[Loaded],
+    catalog: Catalog | None,
+    previous: FlowSet | None = None,
+    policy: TablePolicy | None = None,
 ) -> FlowSet:
     """Compile and check the enabled flows; log and leave out each one that cannot work.
 
     With `previous` (a reload), a flow whose new definition is refused keeps running
-    its last good definition.
+    its last good definition. `policy` says where flows may watch and write (by default
+    flowd's schema is `public` and FLOWD_DB_UPDATE_SCHEMAS is unset).
     """
+    loaded = list(loaded)
+    policy = (policy or TablePolicy("public")).watching(
+        item for item in loaded if isinstance(item, Flow) and item.is_enabled
+    )
     refused: list[FlowDefinitionError] = []
     compiled: list[CompiledFlow] = []
     actions: dict[int, tuple[act.PreparedAction, ...]] = {}
@@ -185,20 +224,12 @@ async def prepare(
         try:
             if isinstance(item, FlowDefinitionError):
                 raise item
-            flow, prepared = await _compile(item, catalog, previous)
+            flow, prepared = await _compile(item, catalog, previous, policy)
         except FlowDefinitionError as problem:
             refused.append(problem)
-            last_good = previous.compiled.get(problem.flow_id) if previous else None
-            log.error(
-                "flow.refused",
-                flow_id=problem.flow_id,
-                where=problem.where,
-                reason=problem.reason,
-                kept_previous_definition=last_good is not None,
-            )
-            if last_good is None or previous is None:
+            if (kept := _refused(problem, previous)) is None:
                 continue
-            flow, prepared = last_good, previous.actions[problem.flow_id]
+            flow, prepared = kept
         compiled.append(flow)
         actions[flow.flow.flow_id] = prepared
     by_id = {c.flow.flow_id: c for c in compiled}
@@ -223,6 +254,23 @@ async def prepare(
         schedules=schedules,
         compiled=by_id,
     )
+
+
+def _refused(
+    problem: FlowDefinitionError, previous: FlowSet | None
+) -> tuple[CompiledFlow, tuple[act.PreparedAction, ...]] | None:
+    """Log the refusal; the flow's last good definition, which keeps running, if any."""
+    last_good = previous.compiled.get(problem.flow_id) if previous else None
+    log.error(
+        "flow.refused",
+        flow_id=problem.flow_id,
+        where=problem.where,
+        reason=problem.reason,
+        kept_previous_definition=last_good is not None,
+    )
+    if last_good is None or previous is None:
+        return None
+    return last_good, previous.actions[problem.flow_id]
 
 
 def _same(compiled: Mapping[int, CompiledFlow], previous: Mapping[int, CompiledFlow]) -> bool:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from functools import cached_property
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 from pydantic.dataclasses import dataclass
@@ -25,6 +26,24 @@ TriggerEvent = Literal["INSERT", "UPDATE", "DELETE", "*", "SCHEDULE"]
 Status = Literal["RUNNING", "SUCCESS", "FAILURE"]
 
 _frozen = ConfigDict(frozen=True, populate_by_name=True)
+_INVALID_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def valid_text(value: Any) -> Any:
+    """`value` as is; ValueError when a string in it (a key too) is not text Postgres can
+    store: a NUL character, or a lone surrogate (a flows file's `"\\ud800"`)."""
+    pending = [value]
+    while pending:  # iterative: a deeply nested config must not raise RecursionError
+        item = pending.pop()
+        if isinstance(item, str):
+            if (found := _INVALID_TEXT.search(item)) is not None:
+                what = "a NUL character" if found[0] == "\x00" else "a lone surrogate"
+                raise ValueError(f"contains {what} (\\u{ord(found[0]):04x}), which is not text")
+        elif isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple):
+            pending += item
+    return value
 
 
 def table_ref(name: str) -> tuple[str, str]:
@@ -134,8 +153,10 @@ class Rule:
     def _value_as_text(cls, value: Any) -> Any:
         # A flows file may write `"value": 5` or `["High", "Urgent"]`; the column is text.
         if value is None or isinstance(value, str):
-            return value
-        return json.dumps(value)
+            return valid_text(value)
+        return json.dumps(valid_text(value))
+
+    _text = field_validator("field", "operator")(valid_text)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,12 +166,14 @@ class Action:
     config: dict[str, Any] = Field(default_factory=dict)
     position: int = 0
 
+    _text = field_validator("type", "config")(valid_text)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Flow:
     """A flow as stored in `flows`, with its rules and actions."""
 
-    flow_id: int
+    flow_id: Annotated[int, Field(ge=-(2**63), lt=2**63)]  # a bigint
     name: str
     trigger_table: str
     trigger_event: str = "*"
@@ -160,6 +183,10 @@ class Flow:
     schedule_tz: str | None = None  # its time zone; None is UTC
     rules: tuple[Rule, ...] = ()
     actions: tuple[Action, ...] = ()
+
+    _text = field_validator(
+        "name", "trigger_table", "trigger_event", "match", "schedule", "schedule_tz"
+    )(valid_text)
 
     @property
     def table_ref(self) -> tuple[str, str]:

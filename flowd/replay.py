@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
+from flowd import flows as flow_store
 from flowd.app import App
 from flowd.engine import FlowRun
 from flowd.errors import ConfigurationError
@@ -93,7 +94,10 @@ async def dry_run(app: App, events_path: str, flows_file: str | None) -> Summary
 
 async def replay(app: App, events_path: str, flows_file: str | None, *, force: bool) -> Summary:
     """Run every event of the file through classify → act → record."""
-    engine = app.engine(await app.load_flows(flows_file), force=force)
+    flows = await app.load_flows(flows_file)
+    if flows_file is not None:
+        await flow_store.require_stored(app.database, app.settings.schema_name, flows, flows_file)
+    engine = app.engine(flows, force=force)
     summary = Summary()
     with open_events(events_path) as stream:
         for _, event in _good_events(stream, summary):

@@ -1,13 +1,15 @@
 """`flowd validate`: check every flow against the database and list the problems.
 
-Checks, per flow: its rules compile; its actions are well-formed; its trigger table
-exists; each rule's field is a column and its value reads as that column's type;
-FUNCTION_CALL has SUPABASE_URL. With delivery `realtime`: a table whose flows use
+Checks, per flow: its trigger table is not flowd's own nor a system table
+(`flowd.policy`); its rules compile; its actions are well-formed, and each DB_UPDATE
+writes where FLOWD_DB_UPDATE_SCHEMAS allows; its trigger table exists; each rule's
+field is a column and its value reads as that column's type; FUNCTION_CALL has
+SUPABASE_URL. With delivery `realtime`: a table whose flows use
 `CHANGED*` has REPLICA IDENTITY FULL and the table is in the Realtime publication.
-With `durable`: the table carries flowd's capture trigger (the event log has the
-whole old row, so replica identity does not matter). A SCHEDULE flow: its cron
-expression and time zone read, its table has a primary key (ticks page by it); no
-Realtime or capture check, since no change of its table is watched.
+With `durable`: the table carries flowd's capture trigger, unless the flows come from
+a file (the event log has the whole old row, so replica identity does not matter).
+A SCHEDULE flow: its cron expression and time zone read, its table has a primary key
+(ticks page by it); no Realtime or capture check, since no change of its table is watched.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from flowd.cron import schedule_of
 from flowd.errors import FlowDefinitionError
 from flowd.flows import Loaded
 from flowd.models import Flow
+from flowd.policy import TablePolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +61,8 @@ async def _table_problems(
         if not table.primary_key:
             problems.append(f"table {schema}.{name} has no primary key, which ticks page by")
         return problems
-    if captured is not None:
-        if captured.get((schema, name)) != table.primary_key:
+    if settings.delivery == "durable":
+        if captured is not None and captured.get((schema, name)) != table.primary_key:
             problems.append(
                 f"table {schema}.{name} has no capture trigger (or one for an old primary key):"
                 " `flowd run` or `flowd --once` attaches it, as the table's owner"
@@ -82,14 +85,23 @@ async def validate(
 ) -> list[Problem]:
     """Every problem of every flow (disabled ones too), in flow order.
 
-    `captured` (durable delivery): the tables carrying the capture trigger, with its key.
+    `captured` (durable delivery): the tables carrying the capture trigger, with its key
+    (None: not checked, as for flows from a file, which nothing has attached it for yet).
+    A disabled flow's DB_UPDATEs are checked as if it were enabled (its trigger table's
+    schema watched).
     """
+    policy = TablePolicy.from_settings(settings).watching(
+        item for item in loaded if isinstance(item, Flow) and item.is_enabled
+    )
     problems: list[Problem] = []
     for item in loaded:
         if isinstance(item, FlowDefinitionError):
             problems.append(Problem(item.flow_id, "?", f"{item.where}: {item.reason}"))
             continue
         texts: list[str] = []
+        refusal = policy.trigger_refusal(*item.table_ref)
+        if refusal is not None:
+            texts.append(f"trigger_table: {refusal}")
         try:
             compile_flow(item)
         except FlowDefinitionError as exc:
@@ -102,10 +114,10 @@ async def validate(
         elif item.schedule is not None:
             texts.append("schedule: set, but ignored: trigger_event is not SCHEDULE")
         try:
-            await act.prepare(item, catalog)
+            await act.prepare(item, catalog, policy.watching([item]))
         except FlowDefinitionError as exc:
             texts.append(f"{exc.where}: {exc.reason}")
-        if catalog is not None:
+        if catalog is not None and refusal is None:
             texts += await _table_problems(item, catalog, settings, captured)
         if settings.supabase_url is None and any(
             action.type.upper() == "FUNCTION_CALL" for action in item.actions

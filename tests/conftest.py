@@ -52,6 +52,10 @@ class Databases:
         finally:
             await connection.close()
 
+    async def admin(self, sql: str) -> None:
+        """Run `sql` on the server's admin database (cluster-wide roles, say)."""
+        await self._admin(sql)
+
     async def build_template(self) -> None:
         await self._admin(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
         await self._admin(f"CREATE DATABASE {TEMPLATE}")

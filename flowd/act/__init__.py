@@ -41,6 +41,7 @@ from flowd.errors import (
 )
 from flowd.logs import get_logger
 from flowd.models import Action, ActionOutcome, ChangeEvent, Flow
+from flowd.policy import TablePolicy
 from flowd.secrets import Secrets
 
 ActionConfig = http.ApiCallConfig | http.FunctionCallConfig | db_update.DbUpdateConfig
@@ -66,10 +67,13 @@ def _where(action: Action, index: int) -> str:
     return f"action {action.action_id}" if action.action_id is not None else f"action #{index + 1}"
 
 
-async def prepare(flow: Flow, catalog: Catalog | None) -> tuple[PreparedAction, ...]:
+async def prepare(
+    flow: Flow, catalog: Catalog | None, policy: TablePolicy | None = None
+) -> tuple[PreparedAction, ...]:
     """Parse and check the flow's actions; raise FlowDefinitionError for the first that cannot work.
 
-    Without a catalog (flows from a file, no database) DB_UPDATE targets are not checked.
+    Without a catalog (flows from a file, no database) DB_UPDATE targets are checked against
+    the `policy` only.
     """
     prepared = []
     for index, action in enumerate(flow.ordered_actions):
@@ -87,9 +91,9 @@ async def prepare(flow: Flow, catalog: Catalog | None) -> tuple[PreparedAction, 
             if (problem := check_syntax(source)) is not None:
                 raise FlowDefinitionError(flow.flow_id, where, problem)
         table = None
-        if isinstance(config, db_update.DbUpdateConfig) and catalog is not None:
-            table = await catalog.table(*config.table_ref)
-            if (problem := db_update.check(config, flow, table)) is not None:
+        if isinstance(config, db_update.DbUpdateConfig):
+            table, problem = await db_update.target(config, flow, catalog, policy)
+            if problem is not None:
                 raise FlowDefinitionError(flow.flow_id, where, problem)
         prepared.append(PreparedAction(action, config, table))
     return tuple(prepared)
@@ -305,7 +309,7 @@ class ActionRunner:
         """The write and the record that it ran, in one transaction: it happens once."""
         assert self._pool is not None
         async with db_update.transaction(self._pool) as connection:
-            await connection.execute("SELECT set_config('flowd.cause', $1, true)", journal.cause)
+            await db_update.set_cause(connection, self._settings.schema_name, journal.cause)
             rows = await db_update.execute(connection, update)
             done = _Done(rows_written=len(rows), rows=rows)
             outcome = self._outcome(prepared.action, number, started, done)

@@ -18,10 +18,11 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowd.act.templates import render_tree
-from flowd.catalog import Table, quote_ident
+from flowd.catalog import Catalog, Table, quote_ident
 from flowd.db import CONNECTION_LOST, Connection
 from flowd.errors import PermanentActionError, TransientActionError, describe
 from flowd.models import ChangeEvent, Flow, table_ref
+from flowd.policy import TablePolicy
 
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 _ROW = "flowd_row"  # the alias of the updated table, so RETURNING can name the whole row
@@ -57,6 +58,25 @@ class DbUpdateConfig(BaseModel):
         return table_ref(self.table)
 
 
+async def target(
+    config: DbUpdateConfig, flow: Flow, catalog: Catalog | None, policy: TablePolicy | None
+) -> tuple[Table | None, str | None]:
+    """The catalog's table this update writes, and why it cannot work (None if it can).
+
+    The policy (where a DB_UPDATE may write) is checked first, without a catalog too
+    (flows from a file, no database); then the table against the catalog.
+    """
+    schema, name = config.table_ref
+    if policy is not None and (refusal := policy.update_refusal(schema, name)) is not None:
+        return None, refusal
+    if catalog is None:
+        return None, None
+    table = await catalog.table(schema, name)
+    if table is None and (kind := await catalog.not_a_table(schema, name)) is not None:
+        return None, f"{schema}.{name} is {kind}: a DB_UPDATE writes tables only"
+    return table, check(config, flow, table)
+
+
 def check(config: DbUpdateConfig, flow: Flow, table: Table | None) -> str | None:
     """Why this update cannot work against the catalog's `table`, or None."""
     schema, name = config.table_ref
@@ -72,6 +92,19 @@ def check(config: DbUpdateConfig, flow: Flow, table: Table | None) -> str | None
         if not table.primary_key:
             return f'table {schema}.{name} has no primary key; give "where"'
     return None
+
+
+async def set_cause(connection: Connection, schema: str, cause: str) -> None:
+    """Tell the capture trigger that flowd writes in this transaction, and why.
+
+    `flowd.cause_token` is the install's token, read by the server itself: the trigger
+    believes `flowd.cause` only beside it, and no other role can read it.
+    """
+    await connection.execute(
+        "SELECT set_config('flowd.cause', $1, true), set_config('flowd.cause_token',"
+        f" (SELECT token FROM {quote_ident(schema)}.flowd_cause_token), true)",
+        cause,
+    )
 
 
 def _as_text(value: Any) -> str | None:

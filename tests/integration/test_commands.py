@@ -7,6 +7,7 @@ from pathlib import Path
 
 import asyncpg
 
+from flowd.migrate import load_migrations, own_objects
 from tests.conftest import Databases, frame
 from tests.support.flowd_cli import run_flowd
 from tests.support.flows import add_flow, executions
@@ -18,14 +19,16 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 async def test_migrate_applies_once_and_a_second_run_changes_nothing(
     databases: Databases,
 ) -> None:
-    """migrate creates flowd's tables in FLOWD_SCHEMA, records itself, and is idempotent."""
+    """migrate creates flowd's tables in FLOWD_SCHEMA, records itself, and is idempotent;
+    the tables it creates are exactly those flowd counts as its own (`own_objects`)."""
+    files = len(load_migrations())
     name = await databases.clone()
     try:
         url = databases.url(name)
         env = {"DATABASE_URL": url, "FLOWD_SCHEMA": "automation"}
         first = await run_flowd("migrate", env=env)
         assert first.code == 0, first.stderr
-        assert "3 migration(s) applied" in first.stdout
+        assert f"{files} migration(s) applied" in first.stdout
         second = await run_flowd("migrate", env=env)
         assert second.code == 0, second.stderr
         assert "0 migration(s) applied" in second.stdout
@@ -34,19 +37,21 @@ async def test_migrate_applies_once_and_a_second_run_changes_nothing(
             tables = await connection.fetch(
                 "SELECT c.relname, c.relrowsecurity FROM pg_class c"
                 " JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = 'automation' AND c.relkind = 'r' ORDER BY 1"
+                " WHERE n.nspname = 'automation' AND c.relkind IN ('r', 'p') ORDER BY 1"
             )
-            assert {(t["relname"], t["relrowsecurity"]) for t in tables} == {
-                ("actions", True),
-                ("flow_events", True),
-                ("flow_executions", True),
-                ("flow_ticks", True),
-                ("flowd_migrations", True),
-                ("flows", True),
-                ("rules", True),
+            assert {t["relname"] for t in tables} == own_objects().tables
+            assert {"flows", "flow_executions", "flow_events", "flowd_migrations"} <= {
+                t["relname"] for t in tables
             }
+            assert all(t["relrowsecurity"] for t in tables)
+            functions = await connection.fetch(
+                "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+                " WHERE n.nspname = 'automation'"
+            )
+            assert {f["proname"] for f in functions} == own_objects().functions
             assert (
-                await connection.fetchval("SELECT count(*) FROM automation.flowd_migrations") == 3
+                await connection.fetchval("SELECT count(*) FROM automation.flowd_migrations")
+                == files
             )
         finally:
             await connection.close()
