@@ -10,6 +10,7 @@ stay allowed: flowd commonly calls services on its own network.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,14 +44,23 @@ REFUSED_NETWORKS: tuple[IPNetwork, ...] = (
 REFUSED_NAMES = frozenset({"metadata.google.internal", "metadata", "instance-data"})
 # IPv6 forms that carry an IPv4 address: NAT64's well-known prefix.
 _NAT64 = ip_network("64:ff9b::/96")
+_LEGACY_IPV4 = re.compile(r"(0[xX][0-9a-fA-F]+|[0-9]+)(\.(0[xX][0-9a-fA-F]+|[0-9]+)){0,3}")
 
 
 def _as_address(host: str) -> IPAddress | None:
-    """The address an IP-literal host means (IPv4 inside IPv6 unwrapped), else None."""
+    """The address an IP-literal host means (IPv4 inside IPv6 unwrapped), else None.
+
+    Legacy IPv4 forms (`2852039166`, `0xa9fea9fe`, `169.254.43518`) count: the system
+    resolver reads them as addresses."""
     try:
         address = ip_address(host.strip("[]"))
     except ValueError:
-        return None
+        if not _LEGACY_IPV4.fullmatch(host):
+            return None
+        try:
+            return IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
     if isinstance(address, IPv6Address):
         if address.ipv4_mapped is not None:
             return address.ipv4_mapped

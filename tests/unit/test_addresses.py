@@ -22,6 +22,9 @@ REFUSED = [
     "::ffff:169.254.169.254",
     "64:ff9b::a9fe:a9fe",
     "2002:a9fe:a9fe::1",
+    "2852039166",
+    "0xa9fea9fe",
+    "169.254.43518",
 ]
 ALLOWED = ["127.0.0.1", "::1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "fc00::1", "8.8.8.8"]
 
@@ -53,6 +56,7 @@ def test_loopback_private_and_public_addresses_are_allowed(address: str) -> None
         ("http://Metadata.Google.Internal./", True),
         ("http://metadata/", True),
         ("http://user:pw@169.254.169.254:80/", True),
+        ("http://0251.0376.0251.0376/", True),
         ("http://127.0.0.1:8080/hook", False),
         ("https://hooks.slack.com/services/x", False),
         ("http://{{ secrets.HOST }}/x", False),  # the host is a template: checked when sent
