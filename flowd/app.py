@@ -20,6 +20,7 @@ import asyncpg
 from flowd import flows as flow_store
 from flowd import logs
 from flowd.act import ActionRunner, http
+from flowd.act.addresses import policy_of
 from flowd.catalog import Catalog
 from flowd.chain import OwnWrites
 from flowd.config import Settings
@@ -115,7 +116,7 @@ def configure_logging(settings: Settings, secrets: Secrets, *, to_stderr: bool =
 async def open_app(settings: Settings, secrets: Secrets, *, database: bool) -> AsyncIterator[App]:
     pool = await create_pool(settings) if database else None
     try:
-        async with http.open_session() as client:
+        async with http.open_session(policy_of(settings)) as client:
             runner = ActionRunner(settings=settings, secrets=secrets, http_client=client, pool=pool)
             recorder = (
                 Recorder(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from typing import Any, Literal
@@ -129,6 +130,28 @@ class Settings(BaseSettings):
         "host:port of /livez, /readyz and /metrics; off to disable",
     )
 
+    # HTTP actions: where they may connect (flowd.act.addresses).
+    http_allow_private: str = _env(
+        "FLOWD_HTTP_ALLOW_PRIVATE",
+        "",
+        "link-local/metadata networks or names HTTP actions may call (comma-separated), or all",
+    )
+
+    @field_validator("http_allow_private")
+    @classmethod
+    def _networks_or_names(cls, value: str) -> str:
+        for item in _items(value):
+            if not (_is_network(item) or _HOST_NAME.fullmatch(item)):
+                raise ValueError(
+                    f"{item!r} is not a network, an address or a host name"
+                    " (169.254.170.2, 169.254.0.0/16, metadata.google.internal, all)"
+                )
+        return value
+
+    @property
+    def http_allowed(self) -> tuple[str, ...]:
+        return _items(self.http_allow_private)
+
     @field_validator("http_addr")
     @classmethod
     def _host_port(cls, value: str) -> str:
@@ -210,6 +233,21 @@ class Settings(BaseSettings):
         except ValueError:
             port = None
         return 0 if port == SUPABASE_TRANSACTION_POOLER_PORT else 100
+
+
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?")
+
+
+def _items(text: str) -> tuple[str, ...]:
+    return tuple(item.strip().lower() for item in text.split(",") if item.strip())
+
+
+def _is_network(item: str) -> bool:
+    try:
+        ipaddress.ip_network(item, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")

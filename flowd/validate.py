@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flowd import act
+from flowd.act.addresses import refused_url_reason
 from flowd.catalog import Catalog
 from flowd.classify import check_rule_against_columns, compile_flow, needs_old_row
 from flowd.config import Settings
@@ -77,6 +78,19 @@ async def _table_problems(
     return problems
 
 
+def _address_problems(flow: Flow, settings: Settings) -> list[str]:
+    """An API_CALL whose literal URL host is a refused address (flowd.act.addresses)."""
+    problems = []
+    for index, action in enumerate(flow.ordered_actions):
+        url = action.config.get("url")
+        if action.type.upper() != "API_CALL" or not isinstance(url, str):
+            continue
+        if reason := refused_url_reason(url, settings):
+            label = action.action_id if action.action_id is not None else f"#{index + 1}"
+            problems.append(f"action {label} (API_CALL): url: {reason}")
+    return problems
+
+
 async def validate(
     loaded: list[Loaded],
     catalog: Catalog | None,
@@ -117,6 +131,7 @@ async def validate(
             await act.prepare(item, catalog, policy.watching([item]))
         except FlowDefinitionError as exc:
             texts.append(f"{exc.where}: {exc.reason}")
+        texts += _address_problems(item, settings)
         if catalog is not None and refusal is None:
             texts += await _table_problems(item, catalog, settings, captured)
         if settings.supabase_url is None and any(

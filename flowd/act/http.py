@@ -22,6 +22,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowd import __version__
+from flowd.act.addresses import AddressPolicy, PolicyResolver, refusing_middleware
 from flowd.act.templates import render, render_tree
 from flowd.errors import PermanentActionError, TransientActionError, describe
 from flowd.models import ChangeEvent, Flow
@@ -29,6 +30,10 @@ from flowd.models import ChangeEvent, Flow
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _ERROR_BODY_CHARS = 200
+_EXCERPT_BYTES = _ERROR_BODY_CHARS * 4  # enough for 200 characters of UTF-8
+# A rest of the body up to this size is read and dropped, so the connection is reused;
+# a longer one closes the connection instead.
+_DRAIN_BYTES = 1 << 20
 
 JsonBody = str | dict[str, Any] | list[Any] | None
 
@@ -168,22 +173,49 @@ def _decoded(body: bytes, charset: str) -> str:
 
 
 @asynccontextmanager
-async def open_session() -> AsyncIterator[aiohttp.ClientSession]:
+async def open_session(policy: AddressPolicy | None = None) -> AsyncIterator[aiohttp.ClientSession]:
     """The HTTP client every action shares: keep-alive connections, no redirects followed
     (see `send`), no cookies carried from one flow's target to another, proxies from the
-    environment (HTTPS_PROXY, NO_PROXY)."""
+    environment (HTTPS_PROXY, NO_PROXY), and no connection to a refused address
+    (`flowd.act.addresses`; the default policy when none is given)."""
+    policy = policy if policy is not None else AddressPolicy()
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0),  # FLOWD_CONCURRENCY bounds requests in flight
+        connector=aiohttp.TCPConnector(
+            limit=0,  # FLOWD_CONCURRENCY bounds requests in flight
+            resolver=PolicyResolver(policy),
+        ),
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": f"flowd/{__version__}"},
+        middlewares=(refusing_middleware(policy),),
         # Only when a proxy is set: aiohttp then looks it up in a thread for every request.
         trust_env=bool(getproxies()),
     ) as session:
         yield session
 
 
+async def _excerpt_and_drain(response: aiohttp.ClientResponse) -> bytes:
+    """The body's first bytes, for an error's excerpt. The rest is read and dropped while
+    that is cheap (the connection then goes back to the pool), else the connection is closed:
+    a huge answer is never held in memory."""
+    kept = bytearray()
+    length = response.content_length
+    budget = _DRAIN_BYTES if length is None or length <= _DRAIN_BYTES else _EXCERPT_BYTES
+    seen = 0
+    while seen < budget:
+        chunk = await response.content.readany()
+        if not chunk:
+            return bytes(kept)
+        kept += chunk[: max(0, _EXCERPT_BYTES - len(kept))]
+        seen += len(chunk)
+    response.close()
+    return bytes(kept)
+
+
 async def send(session: aiohttp.ClientSession, request: HttpRequest, timeout_s: float) -> int:
-    """Send once; return the 2xx status or raise a Transient/PermanentActionError."""
+    """Send once; return the 2xx status or raise a Transient/PermanentActionError.
+
+    Redirects are not followed: a 3xx is a permanent failure, like any status that is
+    neither 2xx nor retried."""
     try:
         async with session.request(
             request.method,
@@ -193,8 +225,7 @@ async def send(session: aiohttp.ClientSession, request: HttpRequest, timeout_s: 
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             allow_redirects=False,
         ) as response:
-            # Read to the end even on success: the connection then goes back to the pool.
-            body = await response.read()
+            body = await _excerpt_and_drain(response)
             status, retry_after = response.status, response.headers.get("Retry-After")
             charset = response.charset or "utf-8"
     except TimeoutError:
@@ -205,7 +236,7 @@ async def send(session: aiohttp.ClientSession, request: HttpRequest, timeout_s: 
         raise TransientActionError(f"connection failed: {describe(exc)}") from None
     if 200 <= status < 300:
         return status
-    excerpt = _decoded(body[: _ERROR_BODY_CHARS * 4], charset)[:_ERROR_BODY_CHARS].strip()
+    excerpt = _decoded(body, charset)[:_ERROR_BODY_CHARS].strip()
     message = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
     if status in (408, 429) or status >= 500:
         raise TransientActionError(

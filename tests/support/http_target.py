@@ -60,6 +60,10 @@ class Reply:
     body: bytes | str | dict[str, Any] | list[Any] = b'{"ok": true}'
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    # A large body without holding it: ``body`` sent ``repeat`` times, written as it goes;
+    # ``chunked`` sends it with Transfer-Encoding: chunked (no Content-Length).
+    repeat: int = 1
+    chunked: bool = False
 
     def encode_body(self) -> tuple[bytes, str]:
         """The body bytes and the default Content-Type for them."""
@@ -260,9 +264,37 @@ class HttpTarget:
             keep_alive = "keep-alive" in connection
         else:
             keep_alive = "close" not in connection
+        if reply.repeat > 1 or reply.chunked:
+            await self._stream(writer, reply, keep_alive)
+            return keep_alive
         writer.write(self._render(request, reply, keep_alive))
         await writer.drain()
         return keep_alive
+
+    @staticmethod
+    async def _stream(writer: asyncio.StreamWriter, reply: Reply, keep_alive: bool) -> None:
+        """Write ``reply.body`` ``reply.repeat`` times, draining as it goes; a client that
+        closes the connection ends it (ConnectionError, handled by the caller)."""
+        body, content_type = reply.encode_body()
+        lines = [f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}"]
+        lines.append(f"Content-Type: {content_type}")
+        if reply.chunked:
+            lines.append("Transfer-Encoding: chunked")
+            piece = f"{len(body):x}\r\n".encode() + body + b"\r\n"
+        else:
+            lines.append(f"Content-Length: {len(body) * reply.repeat}")
+            piece = body
+        lines.append(f"Connection: {'keep-alive' if keep_alive else 'close'}")
+        lines += [f"{name}: {value}" for name, value in reply.headers.items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        for _ in range(reply.repeat):
+            if writer.is_closing():
+                raise ConnectionResetError("the client closed the connection")
+            writer.write(piece)
+            await writer.drain()
+        if reply.chunked:
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
 
     @staticmethod
     async def _read_line(reader: asyncio.StreamReader) -> str | None:
