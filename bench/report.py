@@ -46,11 +46,15 @@ class Row:
     met: bool | None = None
 
     def cells(self) -> list[str]:
-        ratio = "" if self.baseline is None else f"{self.measured.ratio_to(self.baseline):.1f}×"
+        ratio = "" if self.baseline is None else _ratio(self.measured.ratio_to(self.baseline))
         versus = "" if self.baseline is None else f"{self.baseline_name}: "
         versus += "" if self.baseline is None else self.baseline.describe()
         verdict = {None: "", True: "met", False: "**missed**"}[self.met]
         return [self.figure, self.measured.describe(), versus, ratio, self.target, verdict]
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.1f}×" if value >= 1 else f"{value:.2f}×"
 
 
 def _number(value: float) -> str:

@@ -32,49 +32,19 @@ INSERT INTO auth.users VALUES (1, 'Write realtime contract', 'authenticated');
 
 async def _attack_flows(db: asyncpg.Connection, victim: str) -> dict[str, int]:
     """The three DB_UPDATE attacks, each a flow on tasks INSERT."""
+    attacks = {
+        "pg_authid": ("make a superuser", {"rolsuper": "true"}, {"rolname": victim}),
+        "auth.users": ("promote a user", {"role": "service_role"}, {"email": "{{ new.title }}"}),
+        "flow_executions": ("hide failures", {"status": "SUCCESS"}, {"status": "FAILURE"}),
+    }
+    tables = {"pg_authid": "pg_catalog.pg_authid"}
     return {
-        "pg_authid": await add_flow(
+        key: await add_flow(
             db,
-            name="make a superuser",
-            actions=[
-                (
-                    "DB_UPDATE",
-                    {
-                        "table": "pg_catalog.pg_authid",
-                        "set": {"rolsuper": "true"},
-                        "where": {"rolname": victim},
-                    },
-                )
-            ],
-        ),
-        "auth.users": await add_flow(
-            db,
-            name="promote a user",
-            actions=[
-                (
-                    "DB_UPDATE",
-                    {
-                        "table": "auth.users",
-                        "set": {"role": "service_role"},
-                        "where": {"email": "{{ new.title }}"},
-                    },
-                )
-            ],
-        ),
-        "flow_executions": await add_flow(
-            db,
-            name="hide failures",
-            actions=[
-                (
-                    "DB_UPDATE",
-                    {
-                        "table": "flow_executions",
-                        "set": {"status": "SUCCESS"},
-                        "where": {"status": "FAILURE"},
-                    },
-                )
-            ],
-        ),
+            name=name,
+            actions=[("DB_UPDATE", {"table": tables.get(key, key), "set": set_, "where": where})],
+        )
+        for key, (name, set_, where) in attacks.items()
     }
 
 
