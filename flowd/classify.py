@@ -30,6 +30,7 @@ from decimal import Decimal, InvalidOperation
 from enum import Enum, StrEnum
 from typing import Any, Final, NamedTuple
 
+from flowd import limits
 from flowd.classify_index import (
     NOTHING_MATCHED,
     NULL_KEY,
@@ -45,6 +46,7 @@ from flowd.classify_index import (
 )
 from flowd.errors import FlowDefinitionError
 from flowd.models import ChangeEvent, ChangeType, Flow, Rule
+from flowd.pattern import PatternRefused, compile_search
 from flowd.reltime import evaluation_time, parse_relative
 
 __all__ = [
@@ -434,7 +436,9 @@ def _parse_in_items(value: str) -> tuple[_RuleValue | None, ...]:
     """The items of an IN list; None for a JSON item no type can read (null, array, object)."""
     stripped = value.strip()
     if not stripped.startswith(("[", "{")):
-        return tuple(_RuleValue.read(item.strip()) for item in value.split(","))
+        texts = value.split(",")
+        _within(limits.IN_LIST, len(texts))
+        return tuple(_RuleValue.read(text.strip()) for text in texts)
     try:
         # numbers kept as their text so that they read as any type, like comma items
         items = json.loads(stripped, parse_int=str, parse_float=str, parse_constant=str)
@@ -442,6 +446,7 @@ def _parse_in_items(value: str) -> tuple[_RuleValue | None, ...]:
         items = None
     if not isinstance(items, list):
         raise _Refused(f"the IN list {value!r} is neither a JSON array nor a comma-separated list")
+    _within(limits.IN_LIST, len(items))
     return tuple(_json_item(item) for item in items)
 
 
@@ -691,6 +696,7 @@ def _readings_to_check(operator_name: str, value: str | None) -> tuple[_RuleValu
     """The readings of rule.value that must succeed for the rule to ever hold."""
     if value is None:
         return ()
+    _within(limits.RULE_VALUE, len(value))
     if operator_name in {"IN", "NOT_IN"}:
         return _parse_in_items(value)
     if operator_name in _VALUE_READ_AS_FIELD_TYPE:
@@ -964,16 +970,16 @@ def _text_rule(test: Callable[[str, str], bool]) -> RuleBuilder:
 
 def _matches_rule(value: str, field: _FieldAddress, negated: bool) -> Built:
     try:
-        search = re.compile(value).search
-    except (re.error, OverflowError, RecursionError) as error:
-        raise _Refused(f"the regular expression {value!r} does not compile: {error}") from None
+        search = compile_search(value)
+    except PatternRefused as refused:
+        raise _Refused(str(refused)) from None
     key, read = field.key, field.reader()
 
     def holds(view: EventView) -> bool:
         _, _, kind, text, _ = view.readings.get(key) or read(view)
-        return kind is _TEXT and isinstance(text, str) and search(text) is not None
+        return kind is _TEXT and isinstance(text, str) and search(text)
 
-    inline = "({r}[2] is {c}text and isinstance({r}[3], str) and {c}search({r}[3]) is not None)"
+    inline = "({r}[2] is {c}text and isinstance({r}[3], str) and {c}search({r}[3]))"
     return Built(holds, inline=(inline, {"text": _TEXT, "search": search}))
 
 
@@ -1010,6 +1016,11 @@ class _Refused(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _within(bound: limits.Bound, size: int) -> None:
+    if (reason := bound.refusal(size)) is not None:
+        raise _Refused(reason)
 
 
 def _table_of(flow: Flow) -> tuple[str, str]:
@@ -1064,6 +1075,7 @@ def _rule_location(position: int, rule: Rule) -> str:
 
 def _compile_rule(flow_id: int, position: int, rule: Rule) -> RulePlan:
     try:
+        _within(limits.RULE_VALUE, len(rule.value or ""))  # before the plan cache hashes it
         return _rule_plan(rule.field, rule.operator, rule.value)
     except _Refused as refused:
         raise FlowDefinitionError(flow_id, _rule_location(position, rule), refused.reason) from None
