@@ -197,6 +197,13 @@ class Settings(BaseSettings):
     def _duration(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value
 
+    @field_validator("database_url")
+    @classmethod
+    def _connection_string(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and (problem := connection_string_problem(value.get_secret_value())):
+            raise ValueError(f"not a valid connection string: {problem}")
+        return value
+
     @field_validator("supabase_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -236,6 +243,46 @@ class Settings(BaseSettings):
 
 
 _HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?")
+
+
+_BAD_HOST = "a host is not a host name, nor an IPv6 address in brackets ([::1]:5432)"
+
+
+def connection_string_problem(url: str) -> str | None:
+    """What is wrong with a postgresql:// URL (never quoting its password), or None.
+
+    Only its form is checked (scheme, hosts, ports), what would otherwise fail deep in
+    the driver or in urllib; a comma-separated list of hosts is allowed, as asyncpg does.
+    """
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a [ with no ], or the reverse; urllib's message may quote the URL
+        return _BAD_HOST
+    if parts.scheme not in ("postgresql", "postgres"):
+        return "it must start with postgresql:// (postgresql://user:password@host:5432/db)"
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        # Neither is quoted: with a stray / in the password, the "host" is user:password.
+        name, port = _split_port(host)
+        if name is None:
+            return _BAD_HOST
+        if port and not (port.isdigit() and 0 < int(port) <= 65535):
+            return "a port is not a number from 1 to 65535"
+    return None
+
+
+def _split_port(host: str) -> tuple[str | None, str | None]:
+    """(name, port text or None) of `host[:port]` / `[address][:port]`; name None if garbled."""
+    if host.startswith("["):
+        address, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None, None
+        return address, rest[1:] if rest else None
+    name, colon, port = host.partition(":")
+    if "[" in host or "]" in host:
+        return None, None
+    return name, port if colon else None
 
 
 def _items(text: str) -> tuple[str, ...]:
