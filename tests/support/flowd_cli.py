@@ -73,9 +73,14 @@ async def run_flowd(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(
-        process.communicate(stdin.encode() if stdin is not None else None), timeout_s
-    )
+    try:
+        stdout, stderr = await asyncio.wait_for(
+            process.communicate(stdin.encode() if stdin is not None else None), timeout_s
+        )
+    except TimeoutError:
+        process.kill()  # a hung flowd must not outlive its test
+        await process.wait()
+        raise
     assert process.returncode is not None
     finished = Finished(process.returncode, stdout.decode(), stderr.decode())
     secrets = sentinels.secret_values(flowd_env(env))
