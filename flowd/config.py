@@ -245,6 +245,7 @@ class Settings(BaseSettings):
 _HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?")
 
 
+_PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits only: int() reads others too
 _BAD_HOST = "a host is not a host name, nor an IPv6 address in brackets ([::1]:5432)"
 
 
@@ -267,7 +268,7 @@ def connection_string_problem(url: str) -> str | None:
         name, port = _split_port(host)
         if name is None:
             return _BAD_HOST
-        if port and not (port.isdigit() and 0 < int(port) <= 65535):
+        if port and not (_PORT.fullmatch(port) and 0 < int(port) <= 65535):
             return "a port is not a number from 1 to 65535"
     return None
 
@@ -279,9 +280,9 @@ def _split_port(host: str) -> tuple[str | None, str | None]:
         if not bracket or (rest and not rest.startswith(":")):
             return None, None
         return address, rest[1:] if rest else None
-    name, colon, port = host.partition(":")
     if "[" in host or "]" in host:
         return None, None
+    name, colon, port = host.partition(":")
     return name, port if colon else None
 
 

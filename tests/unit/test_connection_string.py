@@ -20,6 +20,8 @@ REFUSED = {
     "postgresql://u:p@h:99999/db": "a port is not a number from 1 to 65535",
     "postgresql://u:p@h:0/db": "a port is not a number from 1 to 65535",
     "postgresql://u:p@h1:5432,h2:port/db": "a port is not a number from 1 to 65535",
+    "postgresql://u:p@h:５４３２/db": "a port is not a number from 1 to 65535",  # fullwidth digits
+    "postgresql://u:p@h:²/db": "a port is not a number from 1 to 65535",
     "postgresql://u:p@[::1/db": "a host is not a host name, nor an IPv6 address in brackets",
     "postgresql://u:p@[::1]x/db": "a host is not a host name, nor an IPv6 address in brackets",
     "postgresql://u:p@h]/db": "a host is not a host name, nor an IPv6 address in brackets",
