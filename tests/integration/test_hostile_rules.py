@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import frame
-from tests.support.flowd_cli import Finished, run_flowd
+from tests.support.flowd_cli import Finished, RunningFlowd, run_flowd
 from tests.support.flows import add_flow, executions
 from tests.support.http_target import HttpTarget
 
@@ -156,3 +156,41 @@ async def test_a_million_item_in_list_is_refused_fast(
     assert dry.code == 0, dry.stderr
     assert json.loads(dry.stdout) == {"line": 1, "flows": [2]}
     assert [line["flow_id"] for line in dry.logged("flow.refused")] == [1]
+
+
+@pytest.mark.timeout(120)
+async def test_the_daemon_serves_the_bystander_beside_every_hostile_rule(
+    db: asyncpg.Connection, database_url: str, http_target: HttpTarget
+) -> None:
+    """`flowd run` (durable): the backreference and the million-item IN list are refused at
+    start, the ReDoS flow classifies its rows at once, and the bystander runs for each."""
+    bystander = await _bystander(db, http_target)
+    redos = await add_flow(
+        db,
+        rules=[("title", "MATCHES", "(a+)+$")],
+        actions=[("API_CALL", {"url": http_target.url_for("/redos")})],
+    )
+    refused = {
+        await add_flow(db, rules=[("title", "MATCHES", r"(a)\1")]),
+        await add_flow(db, rules=[("title", "IN", HUGE_IN_LIST)]),
+    }
+    env = {
+        "DATABASE_URL": database_url,
+        "FLOWD_DELIVERY": "durable",
+        "FLOWD_POLL_INTERVAL_S": "0.2",
+    }
+    running = await RunningFlowd(env=env).start()
+    try:
+        await running.wait_for_log("eventlog.started")
+        assert {line["flow_id"] for line in running.logged("flow.refused")} == refused
+        await db.executemany(
+            "INSERT INTO tasks (id, title, priority, status) VALUES ($1, $2, 'high', 'open')",
+            [(1, EVIL_TITLE), (2, "a" * 40), (3, EVIL_TITLE)],
+        )
+        await http_target.wait_for_requests("/bystander", 3, timeout_s=GUARD_S)
+        await http_target.wait_for_requests("/redos", 1, timeout_s=GUARD_S)
+    finally:
+        assert await running.stop() == 0
+    assert len(http_target.requests_to("/redos")) == 1
+    ran = [e["flow_id"] for e in await executions(db)]
+    assert sorted(ran) == sorted([bystander] * 3 + [redos])
