@@ -55,19 +55,20 @@ class Summary:
 
 
 @contextmanager
-def open_events(path: str) -> Iterator[IO[str]]:
+def open_events(path: str) -> Iterator[IO[bytes]]:
+    """The events file as bytes: each line is decoded alone (`read_events`)."""
     if path == "-":
-        yield sys.stdin
+        yield sys.stdin.buffer
         return
     try:
-        stream = Path(path).open(encoding="utf-8")  # noqa: SIM115 - closed below; open errors are ours
+        stream = Path(path).open("rb")  # noqa: SIM115 - closed below; open errors are ours
     except OSError as exc:
         raise ConfigurationError(f"cannot read events file {path}: {exc.strerror}") from None
     with stream:
         yield stream
 
 
-def _good_events(stream: IO[str], summary: Summary) -> Iterator[tuple[int, ChangeEvent]]:
+def _good_events(stream: IO[bytes], summary: Summary) -> Iterator[tuple[int, ChangeEvent]]:
     """The events of the stream, counted; bad lines are counted and logged, then skipped."""
     for line in read_events(stream):
         if line.event is None:
