@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
 from typing import Generic, TypeVar
@@ -53,6 +53,12 @@ class _ClaimRequest:
     event: ChangeEvent
     resume: bool  # durable: take over a RUNNING execution (its event's lease is ours)
     log: str | None = None  # a flow without actions: the row is written finished, with this log
+    # Serialised as the request is made, by its caller: an event that cannot be fails its
+    # own claim, not the whole group written with it.
+    event_json: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "event_json", _event_json(self.event))
 
     @property
     def identity(self) -> tuple[int, str]:
@@ -253,7 +259,7 @@ class Recorder:
             " RETURNING execution_id, flow_id, event_key, runs, status, actions::text",
             [request.flow_id for request in unique],
             [request.event.key for request in unique],
-            [_event_json(request.event) for request in unique],
+            [request.event_json for request in unique],
             [request.log for request in unique],
         )
         claimed = {

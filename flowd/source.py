@@ -80,12 +80,14 @@ def check_value(value: Any) -> None:
 
 def load_json(text: str | bytes) -> Any:
     """The checked JSON value of `text`; EventError saying why when it is not one."""
-    value = _decode(text)
+    value = decode_json(text)
     check_value(value)
     return value
 
 
-def _decode(text: str | bytes) -> Any:
+def decode_json(text: str | bytes) -> Any:
+    """The JSON value of `text`, numbers bounded but not checked otherwise (`check_value`);
+    EventError saying why when it is not one."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -131,6 +133,6 @@ def read_events(stream: IO[bytes]) -> Iterator[EventLine]:
         if not line.strip():
             continue
         try:
-            yield EventLine(number, parse_event(_decode(line)))
+            yield EventLine(number, parse_event(decode_json(line)))
         except EventError as exc:
             yield EventLine(number, None, str(exc))

@@ -13,9 +13,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from flowd.eventlog import MAX_TRIES
 from tests.conftest import frame
-from tests.support.flowd_cli import Finished, run_flowd
-from tests.support.flows import add_flow
+from tests.support.flowd_cli import Finished, RunningFlowd, run_flowd
+from tests.support.flows import add_flow, executions
 from tests.support.http_target import HttpTarget
 
 _PLACEHOLDER = '"__ATTACK__"'
@@ -102,3 +103,84 @@ async def test_dry_run_refuses_the_bad_line_and_classifies_the_others(
         {"line": 1, "flows": [1]},
         {"line": 3, "flows": [1]},
     ]
+
+
+# ---------------------------------------------------------------- durable event log
+
+DURABLE = {"FLOWD_DELIVERY": "durable", "FLOWD_POLL_INTERVAL_S": "0.2", "FLOWD_LEASE_S": "3"}
+
+
+# jsonb values any application writer can store (Postgres takes both).
+ROW_ATTACKS = {
+    "300 deep": ('{"a":' * 300 + "1" + "}" * 300, "nested deeper than 64"),
+    "5000 digits": ('{"n": ' + "9" * 5000 + "}", "longer than 300 digits"),
+}
+
+
+@pytest.mark.parametrize("attack", ROW_ATTACKS, ids=list(ROW_ATTACKS))
+async def test_poison_row_is_set_aside_and_the_events_beside_it_run(
+    attack: str, db: asyncpg.Connection, database_url: str, http_target: HttpTarget
+) -> None:
+    """An application writes a poison jsonb value in the same batch as ordinary rows: the
+    ordinary events run; the poison one is tried MAX_TRIES times, then set aside with its
+    reason, shown by --failed and the backlog line, and --once exits 1."""
+    value, reason = ROW_ATTACKS[attack]
+    hook = {"url": http_target.url_for("/hook"), "method": "POST"}
+    await add_flow(db, trigger_event="INSERT", actions=[("API_CALL", hook)])
+    env = {"DATABASE_URL": database_url, **DURABLE}
+    assert (await run_flowd("--once", env=env)).code == 0  # attaches the capture trigger
+    async with db.transaction():
+        await db.execute("INSERT INTO tasks (id, title) VALUES (1, 'ordinary')")
+        await db.execute(
+            "INSERT INTO tasks (id, title, meta) VALUES (2, 'poison', $1::jsonb)",
+            value,
+        )
+        await db.execute("INSERT INTO tasks (id, title) VALUES (3, 'after')")
+    poison_id = await db.fetchval("SELECT max(event_id) - 1 FROM flow_events")
+
+    drained = await run_flowd("--once", env=env, timeout_s=30)
+
+    assert drained.code == 1, drained.stderr
+    assert "Traceback" not in drained.stdout + drained.stderr
+    assert "2 event(s); 2 execution(s): 2 SUCCESS" in drained.stderr
+    assert "1 event(s) set aside" in drained.stderr
+    received = sorted(
+        request.json()["record"]["id"] for request in http_target.requests_to("/hook")
+    )
+    assert received == [1, 3]
+    assert [row["status"] for row in await executions(db)] == ["SUCCESS", "SUCCESS"]
+    assert [line["tries"] for line in drained.logged("event.try_failed")] == [1, 2]
+    [set_aside] = drained.logged("event.set_aside")
+    assert (set_aside["event_id"], set_aside["tries"]) == (poison_id, MAX_TRIES)
+    assert reason in set_aside["reason"]
+    row = await db.fetchrow(
+        "SELECT tries, failure, failed_at IS NOT NULL AS failed FROM flow_events"
+        " WHERE event_id = $1",
+        poison_id,
+    )
+    assert row is not None
+    assert (row["tries"], row["failed"]) == (MAX_TRIES, True)
+    assert reason in row["failure"]
+
+    again = await run_flowd("--once", env=env, timeout_s=30)
+    assert again.code == 0, again.stderr  # set aside: no longer claimed, nothing else pending
+    assert "0 event(s)" in again.stderr
+
+    failed = await run_flowd("--once", "--failed", env=env, timeout_s=30)
+    assert failed.code == 1, failed.stderr
+    [listed] = failed.logged("event.set_aside")
+    assert (listed["event_id"], listed["table"], listed["type"]) == (
+        poison_id,
+        "public.tasks",
+        "INSERT",
+    )
+    assert reason in listed["reason"]
+    assert "1 event(s) set aside" in failed.stderr
+
+    daemon = await RunningFlowd(env={**env, "FLOWD_MAINTENANCE_INTERVAL_S": "60"}).start()
+    try:
+        [backlog] = await daemon.wait_for_log("eventlog.backlog")
+        assert (backlog["pending"], backlog["set_aside"]) == (0, 1)
+    finally:
+        assert await daemon.stop() == 0
+    assert len(http_target.requests_to("/hook")) == 2  # nothing ran twice
