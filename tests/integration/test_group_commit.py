@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from flowd.models import ActionOutcome, ChangeEvent, Flow
-from flowd.record import GroupWriter, Recorder
+from flowd.record import Claim, GroupWriter, Recorder
 from tests.support.flows import add_flow, executions
 
 
@@ -96,3 +96,23 @@ async def test_concurrent_claims_and_outcomes_land_row_by_row(
     # Claiming again finds every execution: a replay runs nothing.
     again = await asyncio.gather(*(recorder.claim(flow, event) for event in events))
     assert again == [None] * 50
+
+
+async def test_an_event_that_cannot_be_serialised_fails_its_own_claim_only(
+    recorder: Recorder, db: asyncpg.Connection
+) -> None:
+    """A value past the serialiser's depth (it got by the source's checks, say) beside
+    ordinary events asked for in the same group: only its own claim fails."""
+    flow_id = await add_flow(db)
+    flow = Flow(flow_id=flow_id, name="test flow", trigger_table="tasks")
+    nested: dict[str, object] = {}
+    for _ in range(300):
+        nested = {"a": nested}
+    poison = _event(2).model_copy(update={"record": {"id": 2, "meta": nested}})
+    results = await asyncio.gather(
+        *(recorder.claim_durable(flow, event) for event in (_event(1), poison, _event(3))),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], Exception)
+    assert all(isinstance(claim, Claim) for claim in (results[0], results[2]))
+    assert len(await executions(db)) == 2
