@@ -21,7 +21,7 @@ import asyncpg
 from pydantic import TypeAdapter
 
 from flowd.catalog import quote_ident
-from flowd.db import Connection
+from flowd.db import CONNECTION_LOST, Connection
 from flowd.models import ActionOutcome, ChangeEvent, Flow, Status
 
 
@@ -132,21 +132,32 @@ class GroupWriter(Generic[Request, Result]):
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
             try:
-                results = await self._write([request for request, _ in batch])
-            except BaseException as exc:  # each caller sees the failure of its own request
+                await self._write_group(batch)
+            except BaseException:  # cancelled: so are the callers still waiting
                 for _, future in batch:
-                    if future.done():
-                        continue
-                    if isinstance(exc, Exception):
-                        future.set_exception(exc)
-                    else:
+                    if not future.done():
                         future.cancel()
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
+                raise
+
+    async def _write_group(self, batch: list[tuple[Request, asyncio.Future[Result]]]) -> None:
+        """Write `batch` and give each caller its result or the failure of its own request."""
+        try:
+            results = await self._write([request for request, _ in batch])
+        except Exception as exc:
+            if len(batch) > 1 and not isinstance(exc, CONNECTION_LOST):
+                # One request the database refuses fails the statement of the whole group:
+                # each is written alone, so that it fails by itself. (The failed statement
+                # wrote nothing, so none is written twice.)
+                for one in batch:
+                    await self._write_group([one])
+                return
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(result)
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,32 @@ async def test_a_failed_write_fails_its_own_requests_only() -> None:
     assert results[2] == 14
 
 
+async def test_a_request_that_spoils_its_group_fails_alone() -> None:
+    """A write the database refuses for one request is tried again request by request, so
+    the others of its group land; an outage fails the group as it is (nothing to single out)."""
+    writes: list[list[int]] = []
+
+    async def write(batch: Sequence[int]) -> list[int]:
+        writes.append(list(batch))
+        await asyncio.sleep(0)
+        if 13 in batch:
+            raise ValueError("unlucky request")
+        if 99 in batch:
+            raise ConnectionResetError("the database went away")
+        return list(batch)
+
+    writer: GroupWriter[int, int] = GroupWriter(write, writers=1)
+    results = await asyncio.gather(
+        *(writer.submit(number) for number in (12, 13, 14)), return_exceptions=True
+    )
+    assert results[0] == 12
+    assert isinstance(results[1], ValueError)
+    assert results[2] == 14
+    assert writes == [[12, 13, 14], [12], [13], [14]]
+    outage = await asyncio.gather(*(writer.submit(n) for n in (98, 99)), return_exceptions=True)
+    assert all(isinstance(result, ConnectionResetError) for result in outage)
+
+
 @pytest.fixture
 async def recorder(database_url: str) -> AsyncIterator[Recorder]:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)

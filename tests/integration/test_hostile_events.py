@@ -184,3 +184,47 @@ async def test_poison_row_is_set_aside_and_the_events_beside_it_run(
     finally:
         assert await daemon.stop() == 0
     assert len(http_target.requests_to("/hook")) == 2  # nothing ran twice
+
+
+_REFUSE_SQL = """
+CREATE FUNCTION refuse_unrecordable() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.event -> 'record' ->> 'title' = 'unrecordable' THEN
+        RAISE EXCEPTION 'refused by a check of the database';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_unrecordable BEFORE INSERT ON flow_executions
+    FOR EACH ROW EXECUTE FUNCTION refuse_unrecordable();
+"""
+
+
+async def test_event_that_cannot_be_recorded_is_set_aside_and_its_batch_runs(
+    db: asyncpg.Connection, database_url: str, http_target: HttpTarget
+) -> None:
+    """The database refuses one event's execution row (no outage): its claim is written in
+    the same group as its neighbours', which must land all the same."""
+    hook = {"url": http_target.url_for("/hook"), "method": "POST"}
+    await add_flow(db, trigger_event="INSERT", actions=[("API_CALL", hook)])
+    await db.execute(_REFUSE_SQL)
+    env = {"DATABASE_URL": database_url, **DURABLE}
+    assert (await run_flowd("--once", env=env)).code == 0  # attaches the capture trigger
+    await db.execute(
+        "INSERT INTO tasks (id, title) VALUES (1, 'ordinary'), (2, 'unrecordable'), (3, 'after')"
+    )
+
+    drained = await run_flowd("--once", env=env, timeout_s=30)
+
+    assert drained.code == 1, drained.stderr
+    assert "Traceback" not in drained.stdout + drained.stderr
+    received = sorted(
+        request.json()["record"]["id"] for request in http_target.requests_to("/hook")
+    )
+    assert received == [1, 3]
+    assert [row["status"] for row in await executions(db)] == ["SUCCESS", "SUCCESS"]
+    [set_aside] = drained.logged("event.set_aside")
+    assert "refused by a check of the database" in set_aside["reason"]
+    assert "3 event(s); 2 execution(s): 2 SUCCESS" in drained.stderr
+    assert "1 event(s) set aside" in drained.stderr
+    pending = await db.fetchval("SELECT count(*) FROM flow_events WHERE handled_at IS NULL")
+    assert pending == 0
