@@ -8,6 +8,7 @@ surrogates, NUL characters and 500-deep nesting, between two ordinary events; th
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -15,9 +16,11 @@ import pytest
 
 from flowd.eventlog import MAX_TRIES
 from tests.conftest import frame
+from tests.integration.test_daemon import start_flowd
 from tests.support.flowd_cli import Finished, RunningFlowd, run_flowd
 from tests.support.flows import add_flow, executions
 from tests.support.http_target import HttpTarget
+from tests.support.realtime_server import RealtimeStandIn
 
 _PLACEHOLDER = '"__ATTACK__"'
 
@@ -103,6 +106,39 @@ async def test_dry_run_refuses_the_bad_line_and_classifies_the_others(
         {"line": 1, "flows": [1]},
         {"line": 3, "flows": [1]},
     ]
+
+
+# ---------------------------------------------------------------- Realtime
+
+
+@pytest.fixture
+async def realtime(database_url: str) -> AsyncIterator[RealtimeStandIn]:
+    async with RealtimeStandIn(database_url, poll_interval_s=0.02) as standin:
+        yield standin
+
+
+async def test_realtime_change_past_the_limits_is_skipped_and_the_next_runs(
+    db: asyncpg.Connection, database_url: str, realtime: RealtimeStandIn, http_target: HttpTarget
+) -> None:
+    """Realtime sends a row whose jsonb is nested 300 deep: one `event.unreadable`, and the
+    change after it runs."""
+    hook = {"url": http_target.url_for("/hook"), "method": "POST"}
+    await add_flow(db, trigger_event="INSERT", actions=[("API_CALL", hook)])
+    flowd = await start_flowd(database_url, realtime)
+    try:
+        await db.execute(
+            "INSERT INTO tasks (id, title, meta) VALUES (1, 'poison', $1::jsonb)",
+            '{"a":' * 300 + "1" + "}" * 300,
+        )
+        await db.execute("INSERT INTO tasks (id, title) VALUES (2, 'after')")
+        [request] = await http_target.wait_for_requests("/hook", 1)
+        assert request.json()["record"]["id"] == 2
+        [unreadable] = await flowd.wait_for_log("event.unreadable")
+        assert "nested deeper than 64" in unreadable["error"]
+    finally:
+        assert await flowd.stop() == 0
+    assert "Traceback" not in flowd.tail(1000)
+    assert [row["status"] for row in await executions(db)] == ["SUCCESS"]
 
 
 # ---------------------------------------------------------------- durable event log
@@ -228,3 +264,30 @@ async def test_event_that_cannot_be_recorded_is_set_aside_and_its_batch_runs(
     assert "1 event(s) set aside" in drained.stderr
     pending = await db.fetchval("SELECT count(*) FROM flow_events WHERE handled_at IS NULL")
     assert pending == 0
+
+
+async def test_daemon_sets_aside_an_unrecordable_event_and_keeps_serving(
+    db: asyncpg.Connection, database_url: str, http_target: HttpTarget
+) -> None:
+    """`flowd run` in durable mode: the same poison event, tried MAX_TRIES times by the
+    daemon, is set aside while the changes around it (and after it, on its row) run."""
+    hook = {"url": http_target.url_for("/hook"), "method": "POST"}
+    await add_flow(db, trigger_event="*", actions=[("API_CALL", hook)])
+    await db.execute(_REFUSE_SQL)
+    env = {"DATABASE_URL": database_url, **DURABLE, "FLOWD_MAINTENANCE_INTERVAL_S": "0.5"}
+    daemon = await RunningFlowd(env=env).start()
+    try:
+        await daemon.wait_for_log("eventlog.started")
+        await db.execute(
+            "INSERT INTO tasks (id, title) VALUES (1, 'ordinary'), (2, 'unrecordable'), (3, 'x')"
+        )
+        await db.execute("UPDATE tasks SET title = 'recordable' WHERE id = 2")
+        [set_aside] = await daemon.wait_for_log("event.set_aside")
+        assert set_aside["tries"] == MAX_TRIES
+        requests = await http_target.wait_for_requests("/hook", 3)
+        received = sorted((r.json()["type"], r.json()["record"]["id"]) for r in requests)
+        assert received == [("INSERT", 1), ("INSERT", 3), ("UPDATE", 2)]
+        await daemon.wait_for_log("eventlog.backlog", set_aside=1, pending=0)
+    finally:
+        assert await daemon.stop() == 0
+    assert "Traceback" not in daemon.tail(1000)
