@@ -66,7 +66,7 @@ def columns_of(flow_set: FlowSet) -> ColumnsOf:
     return lookup
 
 
-async def count_failed_try(event_log: EventLog, event_id: int, reason: str) -> bool:
+async def _count_failed_try(event_log: EventLog, event_id: int, reason: str) -> bool:
     """An event could not be read or handled (not for an outage): count the try; True once
     the event is set aside. A database that fails this write too leaves the event's lease
     to run out, and the event is tried again."""
@@ -146,7 +146,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
             pause = 1.0
             for logged in events:
                 if isinstance(logged, UnreadableEvent):
-                    await count_failed_try(self._log, logged.event_id, logged.reason)
+                    await _count_failed_try(self._log, logged.event_id, logged.reason)
                     continue
                 metrics.event_received(logged.event.commit_timestamp)
                 self._held.add(logged.event_id)
@@ -175,7 +175,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
         except CONNECTION_LOST:
             raise  # shutting down during an outage: the lease is given back
         except Exception as exc:  # a poison event: tried again, then set aside
-            await count_failed_try(self._log, item.event_id, describe(exc))
+            await _count_failed_try(self._log, item.event_id, describe(exc))
             handled = False
         finally:
             self._held.discard(item.event_id)
@@ -328,7 +328,7 @@ async def drain(app: App) -> Summary:
     summary = Summary()
 
     async def failed_try(event_id: int, reason: str) -> None:
-        summary.set_aside += await count_failed_try(event_log, event_id, reason)
+        summary.set_aside += await _count_failed_try(event_log, event_id, reason)
 
     async def work(logged: LoggedEvent) -> None:
         try:
