@@ -32,6 +32,7 @@ log = get_logger()
 
 _SYNC_LOCK_ID = 0x666C6F7765  # one replica at a time attaches and detaches triggers
 MAX_TRIES = 3  # failed tries of an event (outages aside) before it is set aside
+_MAX_FAILURE_CHARS = 2000
 
 _EVENT_COLUMNS = """
 e.event_id, e.table_oid, e.row_key, e.schema_name, e.table_name, e.type,
@@ -190,7 +191,7 @@ class EventLog:
             " WHERE event_id = $1 AND worker = $2 AND handled_at IS NULL RETURNING tries",
             event_id,
             self.worker,
-            reason,
+            _storable(reason),
             MAX_TRIES,
         )
         return tries
@@ -232,6 +233,13 @@ class EventLog:
             deleted += count
             if count < batch:
                 return deleted
+
+
+def _storable(text: str) -> str:
+    """`text` as a `text` column takes it: bounded, no NUL, no lone surrogate (a reason may
+    quote the very event that could not be recorded)."""
+    text = text[:_MAX_FAILURE_CHARS].replace("\x00", "\\u0000")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _claimed_event(row: asyncpg.Record, columns_of: ColumnsOf) -> LoggedEvent | UnreadableEvent:
