@@ -215,10 +215,12 @@ async def test_poison_row_is_set_aside_and_the_events_beside_it_run(
 
     daemon = await RunningFlowd(env={**env, "FLOWD_MAINTENANCE_INTERVAL_S": "60"}).start()
     try:
-        [backlog] = await daemon.wait_for_log("eventlog.backlog")
+        await daemon.wait_for_log("eventlog.started")
+        [backlog] = daemon.logged("eventlog.backlog")  # logged at start
         assert (backlog["pending"], backlog["set_aside"]) == (0, 1)
     finally:
-        assert await daemon.stop() == 0
+        code = await daemon.stop()
+        assert code == 0, daemon.tail(40)
     assert len(http_target.requests_to("/hook")) == 2  # nothing ran twice
 
 
@@ -289,5 +291,6 @@ async def test_daemon_sets_aside_an_unrecordable_event_and_keeps_serving(
         assert received == [("INSERT", 1), ("INSERT", 3), ("UPDATE", 2)]
         await daemon.wait_for_log("eventlog.backlog", set_aside=1, pending=0)
     finally:
-        assert await daemon.stop() == 0
+        code = await daemon.stop()
+        assert code == 0, daemon.tail(40)
     assert "Traceback" not in daemon.tail(1000)
