@@ -4,11 +4,11 @@ A line of an events file (or a Realtime callback payload) is the `data` object o
 `postgres_changes` frame, the supabase-js shape, or a whole frame whose
 `payload.data` is taken. Anything else is an `EventError` saying why.
 
-Every feed (events files, Realtime frames, durable rows) reads its JSON through
-`load_json` and `check_value`: an event nested deeper than `MAX_DEPTH`, with an integer
-longer than `MAX_INTEGER_DIGITS`, a NUL or a lone surrogate in a string is refused with
-one line saying why, before it can reach a traceback in the parser, the serialiser or
-the database (jsonb accepts none of NUL, lone surrogates and `NaN`).
+Every feed (events files, Realtime frames, durable rows) decodes JSON with `decode_json`
+and `parse_event` checks it (`check_value`): an event nested deeper than `MAX_DEPTH`,
+with an integer longer than `MAX_INTEGER_DIGITS`, a NUL or a lone surrogate in a string
+is refused with one line saying why, before it can reach a traceback in the parser, the
+serialiser or the database (jsonb accepts none of NUL, lone surrogates and `NaN`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def _constant(text: str) -> Any:
 def _check_text(text: str) -> None:
     if "\x00" in text:
         raise EventError("a string holds a NUL character (\\u0000)")
+    if text.isascii():
+        return
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -76,13 +78,6 @@ def check_value(value: Any) -> None:
                     _check_text(str(key))
             children = item.values() if isinstance(item, dict) else item
             pending.extend((child, depth + 1) for child in children)
-
-
-def load_json(text: str | bytes) -> Any:
-    """The checked JSON value of `text`; EventError saying why when it is not one."""
-    value = decode_json(text)
-    check_value(value)
-    return value
 
 
 def decode_json(text: str | bytes) -> Any:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from flowd.errors import EventError
-from flowd.source import MAX_DEPTH, MAX_INTEGER_DIGITS, check_value, load_json
+from flowd.source import MAX_DEPTH, MAX_INTEGER_DIGITS, check_value, decode_json
+
+
+def load_json(text: str | bytes) -> Any:
+    value = decode_json(text)
+    check_value(value)
+    return value
 
 
 @pytest.mark.parametrize(
