@@ -29,7 +29,14 @@ from flowd.daemon import Daemon
 from flowd.db import CONNECTION_LOST, worker_id
 from flowd.engine import Engine
 from flowd.errors import ExecutionTakenOver, describe
-from flowd.eventlog import CaptureTriggers, ColumnsOf, EventLog, LoggedEvent
+from flowd.eventlog import (
+    MAX_TRIES,
+    CaptureTriggers,
+    ColumnsOf,
+    EventLog,
+    LoggedEvent,
+    UnreadableEvent,
+)
 from flowd.flows import FlowSet
 from flowd.health import Health
 from flowd.logs import get_logger
@@ -57,6 +64,24 @@ def columns_of(flow_set: FlowSet) -> ColumnsOf:
         return cache[key]
 
     return lookup
+
+
+async def _count_failed_try(event_log: EventLog, event_id: int, reason: str) -> bool:
+    """An event could not be read or handled (not for an outage): count the try; True once
+    the event is set aside. A database that fails this write too leaves the event's lease
+    to run out, and the event is tried again."""
+    try:
+        tries = await event_log.try_failed(event_id, reason)
+    except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+        log.warning("eventlog.unavailable", error=describe(exc), event_id=event_id)
+        return False
+    if tries is None:
+        return False
+    if tries < MAX_TRIES:
+        log.warning("event.try_failed", event_id=event_id, tries=tries, error=reason)
+        return False
+    log.error("event.set_aside", event_id=event_id, tries=tries, reason=reason)
+    return True
 
 
 class DurableDaemon(Daemon[LoggedEvent]):
@@ -120,6 +145,9 @@ class DurableDaemon(Daemon[LoggedEvent]):
                 continue
             pause = 1.0
             for logged in events:
+                if isinstance(logged, UnreadableEvent):
+                    await _count_failed_try(self._log, logged.event_id, logged.reason)
+                    continue
                 metrics.event_received(logged.event.commit_timestamp)
                 self._held.add(logged.event_id)
                 self._save(logged.event)
@@ -143,6 +171,11 @@ class DurableDaemon(Daemon[LoggedEvent]):
             handled = await self._handle_waiting_out_outages(item, item.event, item.cause)
         except ExecutionTakenOver:
             log.warning("event.taken_over", event_id=item.event_id)
+            handled = False
+        except CONNECTION_LOST:
+            raise  # shutting down during an outage: the lease is given back
+        except Exception as exc:  # a poison event: tried again, then set aside
+            await _count_failed_try(self._log, item.event_id, describe(exc))
             handled = False
         finally:
             self._held.discard(item.event_id)
@@ -252,6 +285,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
             oldest_pending_age_s=round(backlog.oldest_age_s, 3)
             if backlog.oldest_age_s is not None
             else None,
+            set_aside=backlog.set_aside,
         )
 
     # -------------------------------------------------------------- shutdown
@@ -293,11 +327,19 @@ async def drain(app: App) -> Summary:
     marks: GroupWriter[int, None] = GroupWriter(mark)
     summary = Summary()
 
+    async def failed_try(event_id: int, reason: str) -> None:
+        summary.set_aside += await _count_failed_try(event_log, event_id, reason)
+
     async def work(logged: LoggedEvent) -> None:
         try:
             summary.add(await engine.handle(logged.event, logged.cause))
         except ExecutionTakenOver:
             log.warning("event.taken_over", event_id=logged.event_id)
+            return
+        except CONNECTION_LOST:
+            raise
+        except Exception as exc:  # a poison event: tried again, then set aside
+            await failed_try(logged.event_id, describe(exc))
             return
         await marks.submit(logged.event_id)
 
@@ -309,6 +351,7 @@ async def drain(app: App) -> Summary:
     )
     dispatcher = asyncio.create_task(pipeline.run(), name="pipeline")
     lookup = columns_of(flow_set)
+    seen: set[int] = set()  # an event tried again is one event
     try:
         while True:
             await pipeline.room()
@@ -319,7 +362,11 @@ async def drain(app: App) -> Summary:
                 await pipeline.idle()  # the next event of their rows becomes claimable
                 continue
             for logged in batch:
-                summary.events += 1
+                if isinstance(logged, UnreadableEvent):
+                    await failed_try(logged.event_id, logged.reason)
+                    continue
+                summary.events += logged.event_id not in seen
+                seen.add(logged.event_id)
                 pipeline.put(logged)
     finally:
         dispatcher.cancel()

@@ -6,26 +6,33 @@ never missed. Workers claim pending events under a lease with FOR UPDATE SKIP LO
 and only the earliest pending event of each row: one row's changes are handled in
 commit order, by whichever replica, while different rows go in parallel. A worker that
 dies leaves leases that run out, and its events are claimed again.
+
+An event that cannot be read or recorded is a poison event: each failed try is counted
+and the lease given back; after `MAX_TRIES` it is set aside (marked failed with its
+reason, claimed no more), so it never holds back the events around it.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
 from flowd.catalog import Table, quote_ident
 from flowd.chain import EXTERNAL, Cause
 from flowd.db import Connection
-from flowd.errors import describe
+from flowd.errors import EventError, describe
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent, Column
+from flowd.source import decode_json, parse_event
 
 log = get_logger()
 
 _SYNC_LOCK_ID = 0x666C6F7765  # one replica at a time attaches and detaches triggers
+MAX_TRIES = 3  # failed tries of an event (outages aside) before it is set aside
+_MAX_FAILURE_CHARS = 2000
 
 _EVENT_COLUMNS = """
 e.event_id, e.table_oid, e.row_key, e.schema_name, e.table_name, e.type,
@@ -71,9 +78,28 @@ class LoggedEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class UnreadableEvent:
+    """A claimed event whose row is no change event flowd can handle, and why."""
+
+    event_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetAsideEvent:
+    event_id: int
+    table: str
+    type: str
+    tries: int
+    failure: str
+    failed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Backlog:
     pending: int
     oldest_age_s: float | None
+    set_aside: int
 
 
 ColumnsOf = Callable[[str, str], tuple[Column, ...]]
@@ -106,7 +132,7 @@ class EventLog:
             " ORDER BY event_id FOR UPDATE"
         )
 
-    async def claim(self, limit: int, columns_of: ColumnsOf) -> list[LoggedEvent]:
+    async def claim(self, limit: int, columns_of: ColumnsOf) -> list[LoggedEvent | UnreadableEvent]:
         """Up to `limit` events nobody holds, each the earliest pending one of its row."""
         rows = await self._pool.fetch(
             _CLAIM_SQL.format(log=self._table, columns=_EVENT_COLUMNS),
@@ -114,7 +140,7 @@ class EventLog:
             self.worker,
             self._lease_s,
         )
-        events = [_logged_event(row, columns_of) for row in rows]
+        events = [_claimed_event(row, columns_of) for row in rows]
         return sorted(events, key=lambda logged: logged.event_id)
 
     async def since(self, event_id: int, columns_of: ColumnsOf) -> list[LoggedEvent]:
@@ -154,14 +180,41 @@ class EventLog:
             self.worker,
         )
 
+    async def try_failed(self, event_id: int, reason: str) -> int | None:
+        """Count a failed try of an event held here and give its lease back; after MAX_TRIES,
+        set it aside. The tries so far; None when the event is no longer held here."""
+        tries: int | None = await self._pool.fetchval(
+            f"UPDATE {self._table} SET tries = tries + 1, failure = $3,"
+            " lease_until = NULL, worker = NULL,"
+            " failed_at = CASE WHEN tries + 1 >= $4 THEN now() END,"
+            " handled_at = CASE WHEN tries + 1 >= $4 THEN now() END"
+            " WHERE event_id = $1 AND worker = $2 AND handled_at IS NULL RETURNING tries",
+            event_id,
+            self.worker,
+            _storable(reason),
+            MAX_TRIES,
+        )
+        return tries
+
+    async def set_aside(self, since: datetime | None = None) -> list[SetAsideEvent]:
+        """The events set aside (since `since`), oldest first."""
+        rows = await self._pool.fetch(
+            "SELECT event_id, schema_name || '.' || table_name AS table, type, tries, failure,"
+            f" failed_at FROM {self._table} WHERE failed_at IS NOT NULL"
+            " AND ($1::timestamptz IS NULL OR failed_at >= $1) ORDER BY failed_at, event_id",
+            since,
+        )
+        return [SetAsideEvent(**row) for row in rows]
+
     async def backlog(self) -> Backlog:
         row = await self._pool.fetchrow(
             f"SELECT count(*) AS pending,"
-            f" extract(epoch FROM now() - min(committed_at))::float8 AS oldest_age_s"
+            f" extract(epoch FROM now() - min(committed_at))::float8 AS oldest_age_s,"
+            f" (SELECT count(*) FROM {self._table} WHERE failed_at IS NOT NULL) AS set_aside"
             f" FROM {self._table} WHERE handled_at IS NULL"
         )
         assert row is not None
-        return Backlog(row["pending"], row["oldest_age_s"])
+        return Backlog(row["pending"], row["oldest_age_s"], row["set_aside"])
 
     async def purge(self, older_than_s: float, *, batch: int = 1000) -> int:
         """Delete events handled more than `older_than_s` ago, `batch` rows per statement."""
@@ -170,6 +223,7 @@ class EventLog:
             status = await self._pool.execute(
                 f"DELETE FROM {self._table} WHERE event_id IN ("
                 f" SELECT event_id FROM {self._table} WHERE handled_at IS NOT NULL"
+                "  AND failed_at IS NULL"
                 "  AND handled_at < now() - make_interval(secs => $1)"
                 "  ORDER BY handled_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 older_than_s,
@@ -181,17 +235,32 @@ class EventLog:
                 return deleted
 
 
+def _storable(text: str) -> str:
+    """`text` as a `text` column takes it: bounded, no NUL, no lone surrogate (a reason may
+    quote the very event that could not be recorded)."""
+    text = text[:_MAX_FAILURE_CHARS].replace("\x00", "\\u0000")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _claimed_event(row: asyncpg.Record, columns_of: ColumnsOf) -> LoggedEvent | UnreadableEvent:
+    try:
+        return _logged_event(row, columns_of)
+    except EventError as exc:
+        return UnreadableEvent(row["event_id"], str(exc))
+
+
 def _logged_event(row: asyncpg.Record, columns_of: ColumnsOf) -> LoggedEvent:
+    """The event of a log row, under the limits of every feed (`flowd.source`)."""
     schema, table = row["schema_name"], row["table_name"]
-    event = ChangeEvent.model_validate(
+    event = parse_event(
         {
             "schema": schema,
             "table": table,
             "type": row["type"],
             "commit_timestamp": row["commit_timestamp"],
             "columns": columns_of(schema, table),
-            "record": json.loads(row["record"]) if row["record"] is not None else None,
-            "old_record": json.loads(row["old_record"]) if row["old_record"] else None,
+            "record": decode_json(row["record"]) if row["record"] is not None else None,
+            "old_record": decode_json(row["old_record"]) if row["old_record"] else None,
         }
     )
     row_of = (row["table_oid"], row["row_key"])

@@ -133,7 +133,7 @@ class _Client(AsyncRealtimeClient):
         of receiving the frame (`ChangeEvent` checks the data). False: not such a frame."""
         try:
             frame = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to decode
             return False
         if not isinstance(frame, dict) or frame.get("event") != "postgres_changes":
             return False

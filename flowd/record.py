@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
 from typing import Generic, TypeVar
@@ -21,7 +21,7 @@ import asyncpg
 from pydantic import TypeAdapter
 
 from flowd.catalog import quote_ident
-from flowd.db import Connection
+from flowd.db import CONNECTION_LOST, Connection
 from flowd.models import ActionOutcome, ChangeEvent, Flow, Status
 
 
@@ -53,6 +53,12 @@ class _ClaimRequest:
     event: ChangeEvent
     resume: bool  # durable: take over a RUNNING execution (its event's lease is ours)
     log: str | None = None  # a flow without actions: the row is written finished, with this log
+    # Serialised as the request is made, by its caller: an event that cannot be fails its
+    # own claim, not the whole group written with it.
+    event_json: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "event_json", _event_json(self.event))
 
     @property
     def identity(self) -> tuple[int, str]:
@@ -126,21 +132,32 @@ class GroupWriter(Generic[Request, Result]):
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
             try:
-                results = await self._write([request for request, _ in batch])
-            except BaseException as exc:  # each caller sees the failure of its own request
+                await self._write_group(batch)
+            except BaseException:  # cancelled: so are the callers still waiting
                 for _, future in batch:
-                    if future.done():
-                        continue
-                    if isinstance(exc, Exception):
-                        future.set_exception(exc)
-                    else:
+                    if not future.done():
                         future.cancel()
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
+                raise
+
+    async def _write_group(self, batch: list[tuple[Request, asyncio.Future[Result]]]) -> None:
+        """Write `batch` and give each caller its result or the failure of its own request."""
+        try:
+            results = await self._write([request for request, _ in batch])
+        except Exception as exc:
+            if len(batch) > 1 and not isinstance(exc, CONNECTION_LOST):
+                # One request the database refuses fails the statement of the whole group:
+                # each is written alone, so that it fails by itself. (The failed statement
+                # wrote nothing, so none is written twice.)
+                for one in batch:
+                    await self._write_group([one])
+                return
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(result)
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +270,7 @@ class Recorder:
             " RETURNING execution_id, flow_id, event_key, runs, status, actions::text",
             [request.flow_id for request in unique],
             [request.event.key for request in unique],
-            [_event_json(request.event) for request in unique],
+            [request.event_json for request in unique],
             [request.log for request in unique],
         )
         claimed = {

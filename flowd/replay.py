@@ -19,8 +19,10 @@ from typing import IO
 
 from flowd import flows as flow_store
 from flowd.app import App
+from flowd.db import worker_id
 from flowd.engine import FlowRun
 from flowd.errors import ConfigurationError
+from flowd.eventlog import EventLog
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent
 from flowd.source import read_events
@@ -34,10 +36,11 @@ class Summary:
     bad_lines: int = 0
     runs: Counter[str] = field(default_factory=Counter)
     matched: int | None = None  # set by a dry run: events that matched some flow
+    set_aside: int = 0  # durable: poison events set aside (or, with --failed, listed)
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.bad_lines or self.runs["FAILURE"] else 0
+        return 1 if self.bad_lines or self.set_aside or self.runs["FAILURE"] else 0
 
     def add(self, runs: list[FlowRun]) -> None:
         self.runs.update(run.status for run in runs)
@@ -51,23 +54,26 @@ class Summary:
             return text + f"; {self.matched} matched a flow (dry run: nothing ran)"
         text += f"; {executions} execution(s): {self.runs['SUCCESS']} SUCCESS"
         text += f", {self.runs['FAILURE']} FAILURE; {self.runs['SKIPPED']} already ran"
+        if self.set_aside:
+            text += f"; {self.set_aside} event(s) set aside"
         return text
 
 
 @contextmanager
-def open_events(path: str) -> Iterator[IO[str]]:
+def open_events(path: str) -> Iterator[IO[bytes]]:
+    """The events file as bytes: each line is decoded alone (`read_events`)."""
     if path == "-":
-        yield sys.stdin
+        yield sys.stdin.buffer
         return
     try:
-        stream = Path(path).open(encoding="utf-8")  # noqa: SIM115 - closed below; open errors are ours
+        stream = Path(path).open("rb")  # noqa: SIM115 - closed below; open errors are ours
     except OSError as exc:
         raise ConfigurationError(f"cannot read events file {path}: {exc.strerror}") from None
     with stream:
         yield stream
 
 
-def _good_events(stream: IO[str], summary: Summary) -> Iterator[tuple[int, ChangeEvent]]:
+def _good_events(stream: IO[bytes], summary: Summary) -> Iterator[tuple[int, ChangeEvent]]:
     """The events of the stream, counted; bad lines are counted and logged, then skipped."""
     for line in read_events(stream):
         if line.event is None:
@@ -106,11 +112,16 @@ async def replay(app: App, events_path: str, flows_file: str | None, *, force: b
 
 
 async def rerun_failed(app: App, *, since: datetime | None, flow_id: int | None) -> Summary:
-    """Run again the flows of executions that ended FAILURE, with today's definitions."""
+    """Run again the flows of executions that ended FAILURE, with today's definitions.
+
+    In durable delivery, also list the events set aside (without --flow: they belong to
+    no flow); they are not run again here."""
     flow_set = await app.load_flows()
     engine = app.engine(flow_set)
     recorder = app.recorder
     summary = Summary()
+    if app.settings.delivery == "durable" and flow_id is None:
+        await _list_set_aside(app, since, summary)
     for failed in await recorder.failed(since=since, flow_id=flow_id):
         summary.events += 1
         flow = flow_set.by_id.get(failed.flow_id)
@@ -126,3 +137,21 @@ async def rerun_failed(app: App, *, since: datetime | None, flow_id: int | None)
             continue
         summary.add([await engine.rerun(flow, failed.event, failed.execution_id)])
     return summary
+
+
+async def _list_set_aside(app: App, since: datetime | None, summary: Summary) -> None:
+    settings = app.settings
+    event_log = EventLog(
+        app.database, settings.schema_name, worker=worker_id(), lease_s=settings.lease_s
+    )
+    for event in await event_log.set_aside(since):
+        summary.set_aside += 1
+        log.error(
+            "event.set_aside",
+            event_id=event.event_id,
+            table=event.table,
+            type=event.type,
+            tries=event.tries,
+            reason=event.failure,
+            failed_at=event.failed_at.isoformat(),
+        )

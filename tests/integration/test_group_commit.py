@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from flowd.models import ActionOutcome, ChangeEvent, Flow
-from flowd.record import GroupWriter, Recorder
+from flowd.record import Claim, GroupWriter, Recorder
 from tests.support.flows import add_flow, executions
 
 
@@ -60,6 +60,32 @@ async def test_a_failed_write_fails_its_own_requests_only() -> None:
     assert results[2] == 14
 
 
+async def test_a_request_that_spoils_its_group_fails_alone() -> None:
+    """A write the database refuses for one request is tried again request by request, so
+    the others of its group land; an outage fails the group as it is (nothing to single out)."""
+    writes: list[list[int]] = []
+
+    async def write(batch: Sequence[int]) -> list[int]:
+        writes.append(list(batch))
+        await asyncio.sleep(0)
+        if 13 in batch:
+            raise ValueError("unlucky request")
+        if 99 in batch:
+            raise ConnectionResetError("the database went away")
+        return list(batch)
+
+    writer: GroupWriter[int, int] = GroupWriter(write, writers=1)
+    results = await asyncio.gather(
+        *(writer.submit(number) for number in (12, 13, 14)), return_exceptions=True
+    )
+    assert results[0] == 12
+    assert isinstance(results[1], ValueError)
+    assert results[2] == 14
+    assert writes == [[12, 13, 14], [12], [13], [14]]
+    outage = await asyncio.gather(*(writer.submit(n) for n in (98, 99)), return_exceptions=True)
+    assert all(isinstance(result, ConnectionResetError) for result in outage)
+
+
 @pytest.fixture
 async def recorder(database_url: str) -> AsyncIterator[Recorder]:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
@@ -96,3 +122,23 @@ async def test_concurrent_claims_and_outcomes_land_row_by_row(
     # Claiming again finds every execution: a replay runs nothing.
     again = await asyncio.gather(*(recorder.claim(flow, event) for event in events))
     assert again == [None] * 50
+
+
+async def test_an_event_that_cannot_be_serialised_fails_its_own_claim_only(
+    recorder: Recorder, db: asyncpg.Connection
+) -> None:
+    """A value past the serialiser's depth (it got by the source's checks, say) beside
+    ordinary events asked for in the same group: only its own claim fails."""
+    flow_id = await add_flow(db)
+    flow = Flow(flow_id=flow_id, name="test flow", trigger_table="tasks")
+    nested: dict[str, object] = {}
+    for _ in range(300):
+        nested = {"a": nested}
+    poison = _event(2).model_copy(update={"record": {"id": 2, "meta": nested}})
+    results = await asyncio.gather(
+        *(recorder.claim_durable(flow, event) for event in (_event(1), poison, _event(3))),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], Exception)
+    assert all(isinstance(claim, Claim) for claim in (results[0], results[2]))
+    assert len(await executions(db)) == 2
