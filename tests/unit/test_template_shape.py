@@ -9,7 +9,8 @@ import pytest
 
 from flowd.act.sandbox import OVER_BUDGET, TemplateSandbox
 from flowd.act.templates import origin_refusal, render_action, render_url
-from flowd.errors import PermanentActionError
+from flowd.config import load_settings
+from flowd.errors import ConfigurationError, PermanentActionError
 from flowd.template_shape import is_plain, warnings
 
 CPU_BOMBS = [
@@ -131,3 +132,19 @@ async def test_every_bomb_fails_within_its_budget_and_the_pool_carries_on(
 async def test_template_errors_in_a_worker_keep_their_message(sandbox: TemplateSandbox) -> None:
     with pytest.raises(PermanentActionError, match=r"template error: .*ZeroDivisionError"):
         await sandbox.render({"body": "{% for i in [0] %}{{ 1 / i }}{% endfor %}"}, CONTEXT)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FLOWD_TEMPLATE_TIMEOUT_S", "0"),
+        ("FLOWD_TEMPLATE_MEMORY_MB", "8"),
+        ("FLOWD_TEMPLATE_WORKERS", "0"),
+    ],
+)
+def test_budget_settings_must_be_positive(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=f"^{name}: Input should be greater"):
+        load_settings()
