@@ -103,7 +103,9 @@ def is_plain(source: str) -> bool:
         return False
     for node in _walk(tree):
         if isinstance(node, nodes.Filter):
-            if node.name not in LINEAR_FILTERS or node.dyn_args or node.dyn_kwargs:
+            # constant arguments only: `join(new.big)` of a long list would multiply sizes
+            constant = all(isinstance(argument, nodes.Const) for argument in _arguments(node))
+            if node.name not in LINEAR_FILTERS or node.dyn_args or node.dyn_kwargs or not constant:
                 return False
         elif not isinstance(node, _PLAIN_NODES):
             return False

@@ -45,7 +45,9 @@ def test_lookups_and_linear_filters_are_plain(source: str) -> None:
     assert is_plain(source)
 
 
-@pytest.mark.parametrize("source", [*CPU_BOMBS, *MEMORY_BOMBS, "{{ new.get('id') }}"])
+@pytest.mark.parametrize(
+    "source", [*CPU_BOMBS, *MEMORY_BOMBS, "{{ new.get('id') }}", "{{ new.tags|join(new.sep) }}"]
+)
 def test_loops_calls_and_repetition_are_not_plain(source: str) -> None:
     assert not is_plain(source)
 
