@@ -3,7 +3,10 @@
 A template sees `new`, `old` (`record`, `old_record`), `event`, `flow`, `secrets` and `now`.
 It cannot reach Python internals (the sandbox), cannot build huge values (bounded
 `*` and `**`), and fails loudly on an undefined name. Any failure is a
-`PermanentActionError`: a template that fails once fails every time.
+`PermanentActionError`: a template that fails once fails every time. An API_CALL's URL
+renders with `render_url`: its origin from the flow and secrets only, event values
+percent-encoded in its path and query. What bounds a render's time and memory is the
+caller's (`flowd.act.sandbox`); a worker runs `render_action`, the same code as in process.
 """
 
 from __future__ import annotations
