@@ -136,9 +136,9 @@ async def _livez_while(flowd: Any, done: asyncio.Event) -> list[int]:
 async def test_durable_run_keeps_serving_while_a_bomb_renders(
     db: asyncpg.Connection, database_url: str, http_target: HttpTarget
 ) -> None:
-    """`flowd run` (durable): a 3 s CPU bomb on row 1 renders in a worker; meanwhile /livez
-    answers 200 at once and the plain flow on row 2 runs; then the bomb fails with the
-    budget error after one attempt."""
+    """`flowd run` (durable): a CPU bomb on row 1 renders in a worker for its 5 s budget;
+    meanwhile /livez answers 200 at once and the plain flow on row 2 runs; then the bomb
+    fails with the budget error after one attempt, and no worker outlives the stop."""
     bomb = await add_flow(
         db,
         name="bomb",
@@ -146,7 +146,10 @@ async def test_durable_run_keeps_serving_while_a_bomb_renders(
         actions=[("API_CALL", {"url": http_target.url_for("/bomb"), "body": NESTED_LOOPS})],
     )
     await _bystander(db, http_target, 2)
-    flowd = await start_durable(database_url, FLOWD_TEMPLATE_TIMEOUT_S="3")
+    marker = f"FLOWD_TEST_RUN_{uuid.uuid4().hex}"
+    flowd = await start_durable(
+        database_url, FLOWD_TEMPLATE_TIMEOUT_S="5", FLOWD_TEST_MARKER=marker
+    )
     try:
         assert (await flowd.get("/livez")).status_code == 200
         bomb_done = asyncio.Event()
@@ -155,12 +158,14 @@ async def test_durable_run_keeps_serving_while_a_bomb_renders(
         await asyncio.sleep(0.5)  # the bomb is rendering
         await db.execute("INSERT INTO tasks (id, title) VALUES (2, 'plain')")
         [plain] = await http_target.wait_for_requests("/plain", 1, timeout_s=20)
+        still_rendering = flowd.logged("action.failed") == []
         await flowd.wait_for_log("action.failed", timeout_s=30)
         bomb_done.set()
         statuses = await polling
     finally:
         assert await flowd.stop() == 0
     assert plain.json() == {"id": "2"}
+    assert still_rendering, "the plain flow waited for the bomb"
     assert len(statuses) >= 5
     assert set(statuses) == {200}, statuses
     assert http_target.requests_to("/bomb") == []
@@ -168,6 +173,8 @@ async def test_durable_run_keeps_serving_while_a_bomb_renders(
     assert execution["status"] == "FAILURE"
     assert OVER_BUDGET in execution["actions"][0]["error"]
     assert execution["actions"][0]["attempts"] == 1
+    await asyncio.sleep(0.5)
+    assert _processes_with(marker) == []
 
 
 async def test_an_event_value_in_the_path_stays_in_its_segment(
