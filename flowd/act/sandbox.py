@@ -25,11 +25,14 @@ import pebble
 
 from flowd.act.templates import render_action, strings_in
 from flowd.config import Settings
-from flowd.errors import PermanentActionError
+from flowd.errors import PermanentActionError, describe
+from flowd.logs import get_logger
 from flowd.template_shape import is_plain
 
 OVER_BUDGET = "template exceeded its time/memory budget"
 _CLOSE_WAIT_S = 5.0
+
+log = get_logger()
 
 
 def _address_space_bytes() -> int:
@@ -83,7 +86,8 @@ class TemplateSandbox:
             raise
         except (TimeoutError, MemoryError, CancelledError, pebble.ProcessExpired):
             raise PermanentActionError(OVER_BUDGET) from None
-        except RuntimeError:  # the pool broke (a worker could not start): start a new one
+        except RuntimeError as exc:  # the pool broke (a worker could not start): a new one next
+            log.error("templates.pool_broken", error=describe(exc))
             self._discard()
             raise PermanentActionError(OVER_BUDGET) from None
         return result
