@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import jinja2
+from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import SandboxedEnvironment
 
 from flowd.errors import PermanentActionError, describe
@@ -29,10 +31,28 @@ _MAX_REPEAT = 100_000
 _MAX_EXPONENT = 1_000
 
 
+class _RuntimeOnly(CodeGenerator):
+    """Compiles without evaluating anything: Jinja folds constant output and `autoescape`
+    values while compiling, which would run `'x'|center(2000000000)` when a flow is loaded,
+    in the daemon, outside any budget (`flowd.act.sandbox`)."""
+
+    def _output_child_to_const(self, node: nodes.Expr, frame: Frame, finalize: Any) -> str:
+        if not isinstance(node, nodes.TemplateData):
+            raise nodes.Impossible()
+        return super()._output_child_to_const(node, frame, finalize)
+
+    def visit_EvalContextModifier(self, node: nodes.EvalContextModifier, frame: Frame) -> None:
+        frame.eval_ctx.volatile = True  # evaluated when rendering, like any other value
+        for keyword in node.options:
+            self.writeline(f"context.eval_ctx.{keyword.key} = ")
+            self.visit(keyword.value, frame)
+
+
 class _BoundedSandbox(SandboxedEnvironment):
     """The sandbox, with `*` and `**` bounded so a template cannot exhaust memory or CPU."""
 
     intercepted_binops = frozenset({"*", "**"})
+    code_generator_class = _RuntimeOnly
 
     def call_binop(self, context: jinja2.runtime.Context, op: str, left: Any, right: Any) -> Any:
         if op == "**":
@@ -58,10 +78,11 @@ def _percent_encoded(value: Any) -> str:
     return value if isinstance(value, _Trusted) else quote(str(value), safe="")
 
 
-_environment = _BoundedSandbox(undefined=jinja2.StrictUndefined, autoescape=False)
+# Not `optimized`: the optimizer folds constants at compile time too (see _RuntimeOnly).
+_environment = _BoundedSandbox(undefined=jinja2.StrictUndefined, autoescape=False, optimized=False)
 # A URL's path and query: every value but a secret is percent-encoded where it lands.
 _url_environment = _BoundedSandbox(
-    undefined=jinja2.StrictUndefined, autoescape=False, finalize=_percent_encoded
+    undefined=jinja2.StrictUndefined, autoescape=False, optimized=False, finalize=_percent_encoded
 )
 
 
@@ -136,7 +157,7 @@ def origin_refusal(source: str) -> str | None:
     if "{" not in origin:
         return None
     try:
-        names = {node.name for node in _environment.parse(origin).find_all(jinja2.nodes.Name)}
+        names = {node.name for node in _environment.parse(origin).find_all(nodes.Name)}
     except jinja2.TemplateSyntaxError:
         return None  # reported by check_syntax
     if names - {"secrets"}:

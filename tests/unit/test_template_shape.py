@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import resource
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from flowd.act.sandbox import OVER_BUDGET, TemplateSandbox
-from flowd.act.templates import origin_refusal, render_action, render_url
+from flowd.act.templates import check_syntax, origin_refusal, render_action, render_url
 from flowd.config import load_settings
 from flowd.errors import ConfigurationError, PermanentActionError
 from flowd.template_shape import is_plain, warnings
@@ -150,3 +151,14 @@ def test_budget_settings_must_be_positive(
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigurationError, match=f"^{name}: Input should be greater"):
         load_settings()
+
+
+def test_loading_a_bomb_evaluates_nothing() -> None:
+    """Checking a flow's templates compiles them without folding constants: no bomb runs
+    (a folded `center(2000000000)` alone would take 2 GB here)."""
+    before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    autoescape = "{% autoescape 'x'|center(2000000000) %}{{ new.id }}{% endautoescape %}"
+    for bomb in [*CPU_BOMBS, *MEMORY_BOMBS, autoescape]:
+        assert check_syntax(bomb) is None
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_kb) / 1024
+    assert grown_mb < 500, f"compiling grew the peak RSS by {grown_mb:.0f} MB"
