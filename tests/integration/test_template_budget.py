@@ -213,7 +213,7 @@ async def test_an_event_value_in_the_path_stays_in_its_segment(
             )
         ],
     )
-    title = "../../internal-only?x=1#f"
+    title = "../../internal-only?x=1#f@127.0.0.1:9/"
     result = await replay(database_url, events_file(tmp_path, _insert_event(1, title=title)))
     assert result.code == 0, result.stderr
     [request] = http_target.requests
@@ -222,6 +222,32 @@ async def test_an_event_value_in_the_path_stays_in_its_segment(
     assert unquote(segment) == title
     assert parse_qs(request.query) == {"q": [title]}
     assert http_target.requests_to("/internal-only") == []
+
+
+async def test_a_secret_may_hold_the_origin_and_the_event_still_only_fills_the_path(
+    db: asyncpg.Connection, database_url: str, http_target: HttpTarget, tmp_path: Path
+) -> None:
+    """`{{ secrets.BASE }}/items/{{ new.title }}`: the secret's scheme, host and port are
+    used as written; the row's value stays in its segment. `{{ secrets.BASE }}{{ new.title }}`
+    (the row right after the host, so it could add a port or userinfo) refuses its flow."""
+    used = await add_flow(
+        db,
+        name="origin from a secret",
+        actions=[("API_CALL", {"url": "{{ secrets.BASE }}/items/{{ new.title }}"})],
+    )
+    glued = await add_flow(
+        db,
+        name="row glued to the host",
+        actions=[("API_CALL", {"url": "{{ secrets.BASE }}{{ new.title }}"})],
+    )
+    events = events_file(tmp_path, _insert_event(1, title=":1@127.0.0.1/../x"))
+    result = await replay(database_url, events, FLOWD_SECRET_BASE=http_target.url)
+    assert result.code == 0, result.stderr
+    [request] = http_target.requests
+    assert request.path.startswith("/items/")
+    assert unquote(request.path.removeprefix("/items/")) == ":1@127.0.0.1/../x"
+    assert [line["flow_id"] for line in result.logged("flow.refused")] == [glued]
+    assert [e["flow_id"] for e in await executions(db)] == [used]
 
 
 async def test_an_event_value_as_the_host_refuses_the_flow(
