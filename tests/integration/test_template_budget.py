@@ -90,16 +90,32 @@ async def test_every_bomb_fails_at_once_alone_and_once_exits_leaving_no_worker(
         for name, config in configs.items()
     }
     bystander = await _bystander(db, http_target, 2)
+    looping = await add_flow(  # not plain: it renders in a worker too, after the bombs
+        db,
+        name="looping bystander",
+        rules=[("id", "=", "2")],
+        actions=[
+            (
+                "API_CALL",
+                {
+                    "url": http_target.url_for("/looping"),
+                    "body": {"tags": "{% for tag in new.tags %}{{ tag }};{% endfor %}"},
+                },
+            )
+        ],
+    )
     marker = f"FLOWD_TEST_RUN_{uuid.uuid4().hex}"
     events = events_file(tmp_path, _insert_event(1), _insert_event(2))
     started = time.monotonic()
     result = await replay(database_url, events, **BUDGET, FLOWD_TEST_MARKER=marker)
     assert time.monotonic() - started < 30, "hang guard: a bomb held flowd up"
     assert result.code == 1, result.stderr  # some executions failed
-    assert [r.path for r in http_target.requests] == ["/plain"]
-    assert http_target.requests[0].json() == {"id": "2"}
+    assert sorted(r.path for r in http_target.requests) == ["/looping", "/plain"]
+    assert http_target.requests_to("/plain")[0].json() == {"id": "2"}
+    assert http_target.requests_to("/looping")[0].json() == {"tags": "backend;realtime;"}
     by_flow = {e["flow_id"]: e for e in await executions(db)}
     assert by_flow[bystander]["status"] == "SUCCESS"
+    assert by_flow[looping]["status"] == "SUCCESS"
     for flow_id, name in bombs.items():
         [action] = by_flow[flow_id]["actions"]
         assert by_flow[flow_id]["status"] == "FAILURE", name
