@@ -142,11 +142,11 @@ async def test_a_bomb_db_update_fails_and_writes_nothing(
 
 
 async def _livez_while(flowd: Any, done: asyncio.Event) -> list[int]:
-    """/livez's status every 0.1 s until `done`; a loop that does not answer in 1 s fails."""
+    """/livez's status every 0.1 s until `done`; 0 when it did not answer within 2 s."""
     statuses = []
     while not done.is_set():
         try:
-            statuses.append((await flowd.get("/livez", timeout_s=1)).status_code)
+            statuses.append((await flowd.get("/livez", timeout_s=2)).status_code)
         except httpx.TimeoutException:
             statuses.append(0)
         await asyncio.sleep(0.1)
@@ -193,7 +193,8 @@ async def test_durable_run_keeps_serving_while_a_bomb_renders(
         await asyncio.sleep(0.5)  # the bomb is rendering
         await db.execute("INSERT INTO tasks (id, title) VALUES (2, 'plain')")
         [plain] = await http_target.wait_for_requests("/plain", 1, timeout_s=20)
-        still_rendering = flowd.logged("action.failed") == []
+        failed = flowd.logged("action.failed")
+        still_rendering = all(line["flow_id"] != bomb for line in failed)
         await flowd.wait_for_log("action.failed", count=2, timeout_s=30)
         bomb_done.set()
         statuses = await polling
@@ -201,7 +202,7 @@ async def test_durable_run_keeps_serving_while_a_bomb_renders(
     finally:
         assert await flowd.stop() == 0
     assert plain.json() == {"id": "2"}
-    assert still_rendering, "the plain flow waited for the bomb"
+    assert still_rendering, "the plain flow waited for the CPU bomb"
     assert len(statuses) >= 5
     assert set(statuses) == {200}, statuses
     assert http_target.requests_to("/bomb") == []
