@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import classifier, execlog, http_client, memory, pipeline, redact
+from bench import classifier, execlog, http_client, memory, pipeline, redact, templates
 from bench.report import machine
 
 SECTIONS: dict[str, Callable[[bool, int], str]] = {
@@ -27,6 +27,7 @@ SECTIONS: dict[str, Callable[[bool, int], str]] = {
     "pipeline": pipeline.run,
     "execlog": execlog.run,
     "redact": redact.run,
+    "templates": templates.run,
 }
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 REPORT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"

@@ -21,6 +21,7 @@ from flowd import flows as flow_store
 from flowd import logs
 from flowd.act import ActionRunner, http
 from flowd.act.addresses import policy_of
+from flowd.act.sandbox import TemplateSandbox
 from flowd.catalog import Catalog
 from flowd.chain import OwnWrites
 from flowd.config import Settings
@@ -115,9 +116,16 @@ def configure_logging(settings: Settings, secrets: Secrets, *, to_stderr: bool =
 @asynccontextmanager
 async def open_app(settings: Settings, secrets: Secrets, *, database: bool) -> AsyncIterator[App]:
     pool = await create_pool(settings) if database else None
+    templates = TemplateSandbox.from_settings(settings)
     try:
         async with http.open_session(policy_of(settings)) as client:
-            runner = ActionRunner(settings=settings, secrets=secrets, http_client=client, pool=pool)
+            runner = ActionRunner(
+                settings=settings,
+                secrets=secrets,
+                http_client=client,
+                pool=pool,
+                templates=templates,
+            )
             recorder = (
                 Recorder(
                     pool,
@@ -130,5 +138,6 @@ async def open_app(settings: Settings, secrets: Secrets, *, database: bool) -> A
             )
             yield App(settings, secrets, client, pool, runner, recorder)
     finally:
+        await templates.close()
         if pool is not None:
             await pool.close()

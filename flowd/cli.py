@@ -189,9 +189,9 @@ async def _validate(args: argparse.Namespace, settings: Settings, secrets: Secre
         problems = await validate(loaded, app.catalog, settings, captured)
     for problem in problems:
         print(problem.line())
-    flawed = len({problem.flow_id for problem in problems})
+    flawed = len({problem.flow_id for problem in problems if not problem.warning})
     print(f"flowd: {len(loaded)} flow(s) checked, {flawed} with problems", file=sys.stderr)
-    return 1 if problems else 0
+    return 1 if flawed else 0
 
 
 async def _dispatch(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:

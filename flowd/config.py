@@ -123,6 +123,17 @@ class Settings(BaseSettings):
         "FLOWD_LOG_LEVEL", "info", "debug, info, warning or error"
     )
 
+    # Templates under a budget (flowd.act.sandbox).
+    template_timeout_s: float = _env(
+        "FLOWD_TEMPLATE_TIMEOUT_S", 1.0, "time one non-plain template render may take", gt=0
+    )
+    template_memory_mb: int = _env(
+        "FLOWD_TEMPLATE_MEMORY_MB", 256, "memory one template render may take", ge=16
+    )
+    template_workers: int = _env(
+        "FLOWD_TEMPLATE_WORKERS", 2, "worker processes rendering non-plain templates", ge=1, le=64
+    )
+
     # Operations: the health/metrics endpoint (flowd.health).
     http_addr: str = _env(
         "FLOWD_HTTP_ADDR",

@@ -17,15 +17,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flowd import act
+from flowd import act, template_shape
 from flowd.act.addresses import refused_url_reason
+from flowd.act.templates import strings_in
 from flowd.catalog import Catalog
 from flowd.classify import check_rule_against_columns, compile_flow, needs_old_row
 from flowd.config import Settings
 from flowd.cron import schedule_of
 from flowd.errors import FlowDefinitionError
 from flowd.flows import Loaded
-from flowd.models import Flow
+from flowd.models import Action, Flow
 from flowd.policy import TablePolicy
 
 
@@ -34,9 +35,11 @@ class Problem:
     flow_id: int
     name: str
     text: str
+    warning: bool = False  # worth a look, but the flow can run
 
     def line(self) -> str:
-        return f"flow {self.flow_id} ({self.name}): {self.text}"
+        kind = "warning: " if self.warning else ""
+        return f"flow {self.flow_id} ({self.name}): {kind}{self.text}"
 
 
 def _rule_label(flow: Flow, index: int) -> str:
@@ -78,6 +81,21 @@ async def _table_problems(
     return problems
 
 
+def _action_label(action: Action, index: int) -> str:
+    label = action.action_id if action.action_id is not None else f"#{index + 1}"
+    return f"action {label} ({action.type.upper()})"
+
+
+def template_warnings(flow: Flow) -> list[str]:
+    """Templates whose cost may have no bound (`flowd.template_shape.warnings`)."""
+    found = []
+    for index, action in enumerate(flow.ordered_actions):
+        for source in strings_in(action.config):
+            for warning in template_shape.warnings(source):
+                found.append(f"{_action_label(action, index)}: template with {warning}")
+    return list(dict.fromkeys(found))
+
+
 def _address_problems(flow: Flow, settings: Settings) -> list[str]:
     """An API_CALL whose literal URL host is a refused address (flowd.act.addresses)."""
     problems = []
@@ -86,8 +104,7 @@ def _address_problems(flow: Flow, settings: Settings) -> list[str]:
         if action.type.upper() != "API_CALL" or not isinstance(url, str):
             continue
         if reason := refused_url_reason(url, settings):
-            label = action.action_id if action.action_id is not None else f"#{index + 1}"
-            problems.append(f"action {label} (API_CALL): url: {reason}")
+            problems.append(f"{_action_label(action, index)}: url: {reason}")
     return problems
 
 
@@ -139,4 +156,7 @@ async def validate(
         ):
             texts.append("FUNCTION_CALL needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
         problems += [Problem(item.flow_id, item.name, text) for text in texts]
+        problems += [
+            Problem(item.flow_id, item.name, text, warning=True) for text in template_warnings(item)
+        ]
     return problems

@@ -25,8 +25,10 @@ import asyncpg
 import pydantic
 
 from flowd.act import db_update, http
+from flowd.act.rendering import render_config
 from flowd.act.retry import RetryPolicy, call_with_retries
-from flowd.act.templates import check_syntax, strings_in, template_context
+from flowd.act.sandbox import TemplateSandbox
+from flowd.act.templates import check_syntax, origin_refusal, strings_in, template_context
 from flowd.catalog import Catalog, Table
 from flowd.config import Settings
 from flowd.db import Connection
@@ -90,6 +92,8 @@ async def prepare(
         for source in strings_in(action.config):
             if (problem := check_syntax(source)) is not None:
                 raise FlowDefinitionError(flow.flow_id, where, problem)
+        if isinstance(config, http.ApiCallConfig) and (refusal := origin_refusal(config.url)):
+            raise FlowDefinitionError(flow.flow_id, where, f"url: {refusal}")
         table = None
         if isinstance(config, db_update.DbUpdateConfig):
             table, problem = await db_update.target(config, flow, catalog, policy)
@@ -154,8 +158,10 @@ class ActionRunner:
         secrets: Secrets,
         http_client: aiohttp.ClientSession,
         pool: asyncpg.Pool | None,
+        templates: TemplateSandbox,
     ) -> None:
         self._settings = settings
+        self._templates = templates
         self._secrets = secrets
         self._http = http_client
         self._pool = pool
@@ -265,12 +271,12 @@ class ActionRunner:
     async def _attempt(
         self, prepared: PreparedAction, run: _FlowRun, index: int, number: int, started: float
     ) -> _Done:
-        config = prepared.config
-        flow, event, context = run.flow, run.event, run.context
+        flow, event = run.flow, run.event
+        config = await render_config(self._templates, prepared.config, run.context)
         if isinstance(config, db_update.DbUpdateConfig):
             if self._pool is None or prepared.table is None:
                 raise PermanentActionError("DB_UPDATE needs a database (DATABASE_URL)")
-            update = db_update.build_update(config, prepared.table, event, context)
+            update = db_update.build_update(config, prepared.table, event)
             if run.journal is None:
                 rows = await db_update.execute(self._pool, update)
                 done = _Done(rows_written=len(rows), rows=rows)
@@ -287,10 +293,10 @@ class ActionRunner:
             except ConfigurationError as exc:
                 raise PermanentActionError(str(exc)) from None
             request = http.function_call_request(
-                config, event, flow, context, supabase_url=supabase_url, service_role_key=key
+                config, event, flow, supabase_url=supabase_url, service_role_key=key
             )
         else:
-            request = http.api_call_request(config, event, flow, context)
+            request = http.api_call_request(config, event, flow)
         if not any(name.lower() == "idempotency-key" for name in request.headers):
             key = idempotency_key(event, flow, prepared.action, index)
             request.headers["Idempotency-Key"] = key

@@ -17,7 +17,6 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flowd.act.templates import render_tree
 from flowd.catalog import Catalog, Table, quote_ident
 from flowd.db import CONNECTION_LOST, Connection
 from flowd.errors import PermanentActionError, TransientActionError, describe
@@ -124,13 +123,11 @@ class Update:
     columns: tuple[str, ...]  # the columns it sets
 
 
-def build_update(
-    config: DbUpdateConfig, table: Table, event: ChangeEvent, context: dict[str, Any]
-) -> Update:
-    """The UPDATE statement and its bound values, rendered for this event."""
-    assignments = {col: _as_text(v) for col, v in render_tree(config.assignments, context).items()}
+def build_update(config: DbUpdateConfig, table: Table, event: ChangeEvent) -> Update:
+    """The UPDATE statement and its bound values, from a config rendered for this event."""
+    assignments = {col: _as_text(v) for col, v in config.assignments.items()}
     if config.where is not None:
-        where = {col: _as_text(v) for col, v in render_tree(config.where, context).items()}
+        where = {col: _as_text(v) for col, v in config.where.items()}
     else:
         row = event.old if event.type == "DELETE" else event.new
         absent = [column for column in table.primary_key if column not in row]

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 from urllib.request import getproxies
 
 import aiohttp
@@ -23,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowd import __version__
 from flowd.act.addresses import AddressPolicy, PolicyResolver, refusing_middleware
-from flowd.act.templates import render, render_tree
 from flowd.errors import PermanentActionError, TransientActionError, describe
 from flowd.models import ChangeEvent, Flow
 
@@ -101,13 +99,6 @@ def _encode_body(body: Any, headers: dict[str, str]) -> bytes | None:
     return json.dumps(body, default=str).encode()
 
 
-def _checked_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise PermanentActionError("url must be an absolute http:// or https:// URL")
-    return url
-
-
 def _request(
     method: str,
     url: str,
@@ -115,38 +106,33 @@ def _request(
     body: JsonBody,
     event: ChangeEvent,
     flow: Flow,
-    context: dict[str, Any],
     fixed_headers: dict[str, str] | None = None,
 ) -> HttpRequest:
-    """Render header values and the body (the webhook payload when none) into a request.
+    """The request from rendered headers and body (the webhook payload when none).
 
     `fixed_headers` are added after rendering, as they are: never read as templates.
     """
-    rendered = {name: render(value, context) for name, value in headers.items()}
-    rendered |= fixed_headers or {}
-    payload = webhook_payload(event, flow) if body is None else render_tree(body, context)
-    return HttpRequest(method, url, rendered, _encode_body(payload, rendered))
+    headers = dict(headers) | (fixed_headers or {})
+    payload = webhook_payload(event, flow) if body is None else body
+    return HttpRequest(method, url, headers, _encode_body(payload, headers))
 
 
-def api_call_request(
-    config: ApiCallConfig, event: ChangeEvent, flow: Flow, context: dict[str, Any]
-) -> HttpRequest:
-    url = _checked_url(render(config.url, context))
-    return _request(config.method, url, config.headers, config.body, event, flow, context)
+def api_call_request(config: ApiCallConfig, event: ChangeEvent, flow: Flow) -> HttpRequest:
+    """The request of an API_CALL whose config was rendered (`flowd.act.rendering`)."""
+    return _request(config.method, config.url, config.headers, config.body, event, flow)
 
 
 def function_call_request(
     config: FunctionCallConfig,
     event: ChangeEvent,
     flow: Flow,
-    context: dict[str, Any],
     *,
     supabase_url: str,
     service_role_key: str,
 ) -> HttpRequest:
     url = f"{supabase_url}/functions/v1/{config.function_name}"
     key = {"Authorization": f"Bearer {service_role_key}"}
-    return _request("POST", url, config.headers, config.params, event, flow, context, key)
+    return _request("POST", url, config.headers, config.params, event, flow, key)
 
 
 def retry_after_seconds(value: str | None) -> float | None:

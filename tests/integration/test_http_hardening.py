@@ -220,7 +220,7 @@ async def test_a_metadata_url_fails_at_once_and_validate_names_it(
     nothing sent; `flowd validate` reports the URL; a templated host is left to run time."""
     metadata_hook = ("API_CALL", {"url": METADATA_URLS[0], "max_attempts": 5})
     flow_id = await add_flow(db, actions=[metadata_hook])
-    templated = ("API_CALL", {"url": "http://{{ new.title }}/x", "max_attempts": 1})
+    templated = ("API_CALL", {"url": "http://{{ secrets.HOOK_HOST }}/x", "max_attempts": 1})
     await add_flow(db, trigger_event="DELETE", actions=[templated])
     events = tmp_path / "events.jsonl"
     events.write_text(insert_event(1, "Write realtime contract"))

@@ -27,6 +27,7 @@ def test_bench_quick_mode_runs_and_prints_tables() -> None:
     assert "### Execution log" in result.stdout
     assert "### HTTP client" in result.stdout
     assert "### Masking secrets" in result.stdout
+    assert "### Templates under a budget" in result.stdout
     assert "`flowd run` idle RSS" in result.stdout
     assert "| figure |" in result.stdout
     assert "Machine:" in result.stdout

@@ -7,6 +7,8 @@ import copy
 import pytest
 
 from flowd.act.db_update import DbUpdateConfig, build_update, check
+from flowd.act.rendering import render_config
+from flowd.act.sandbox import TemplateSandbox
 from flowd.act.templates import template_context
 from flowd.catalog import Column, Table
 from flowd.config import load_settings
@@ -115,13 +117,16 @@ def test_transaction_pooler_port_turns_the_statement_cache_off(
     assert load_settings().statement_cache_size == 100
 
 
-def test_db_update_binds_values_and_quotes_catalog_names() -> None:
+async def test_db_update_binds_values_and_quotes_catalog_names() -> None:
     """Values are bound text parameters cast to the column type; only changed rows are written."""
     event = parse_event(frame("insert_event"))
     config = DbUpdateConfig.model_validate(
         {"table": "tasks", "set": {"status": "{{ new.title }}'; drop table x; --", "estimate": 2}}
     )
-    update = build_update(config, TASKS, event, template_context(event, FLOW, {}))
+    sandbox = TemplateSandbox(timeout_s=1.0, memory_mb=64, workers=1)
+    rendered = await render_config(sandbox, config, template_context(event, FLOW, {}))
+    assert isinstance(rendered, DbUpdateConfig)
+    update = build_update(rendered, TASKS, event)
     assert update.sql == (
         'UPDATE "public"."tasks" AS flowd_row SET "status" = CAST($1::text AS text),'
         ' "estimate" = CAST($2::text AS numeric) WHERE "id" = CAST($3::text AS bigint)'
@@ -139,7 +144,7 @@ def test_db_update_without_primary_key_in_event_fails() -> None:
     )
     config = DbUpdateConfig.model_validate({"table": "tasks", "field": "status", "value": "y"})
     with pytest.raises(PermanentActionError, match="primary key"):
-        build_update(config, TASKS, event, template_context(event, FLOW, {}))
+        build_update(config, TASKS, event)
 
 
 @pytest.mark.parametrize(
