@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Hashable, Sequence
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,7 +27,7 @@ from flowd import metrics
 from flowd.app import App
 from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT
 from flowd.daemon import Daemon
-from flowd.db import CONNECTION_LOST, worker_id
+from flowd.db import DATABASE_ERRORS, worker_id
 from flowd.engine import Engine
 from flowd.errors import ExecutionTakenOver, describe
 from flowd.eventlog import CaptureTriggers, ColumnsOf, EventLog, LoggedEvent
@@ -73,6 +74,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
         self._held: set[int] = set()  # claimed here; handled mark not yet written
         self._handled: list[int] = []  # handled; mark not yet written
         self._handled_added = asyncio.Event()
+        self._available = app.available
 
     def _make_engine(self, flow_set: FlowSet) -> Engine:
         return self._app.engine(flow_set, durable=True)
@@ -114,12 +116,15 @@ class DurableDaemon(Daemon[LoggedEvent]):
             try:
                 events = await self._log.claim(limit, self._columns_of)
             except Exception as exc:  # the feed must outlive any failure; the poll goes on
-                log.warning("eventlog.unavailable", error=describe(exc), retry_in_s=pause)
-                await self._sleep(pause)
+                self._available.failed(exc, "eventlog.claim_failed", retry_in_s=pause)
+                away = not self._available.up.is_set()
+                await self._sleep(pause, wake=self._available.up if away else None)
                 pause = min(pause * 2, 30.0)
                 continue
             pause = 1.0
             for logged in events:
+                if logged.event_id in self._held:
+                    continue  # its lease ran out during an outage, and it is still worked on here
                 metrics.event_received(logged.event.commit_timestamp)
                 self._held.add(logged.event_id)
                 self._save(logged.event)
@@ -154,10 +159,8 @@ class DurableDaemon(Daemon[LoggedEvent]):
         return item.row
 
     async def _still_ours(self, item: LoggedEvent) -> bool:
-        try:
-            return item.event_id in await self._log.renew([item.event_id])
-        except CONNECTION_LOST:
-            return True  # still unknown: keep waiting out the outage
+        renewed = await self._available.until_done(lambda: self._log.renew([item.event_id]))
+        return item.event_id in renewed
 
     # ------------------------------------------------------------ side tasks
 
@@ -176,22 +179,23 @@ class DurableDaemon(Daemon[LoggedEvent]):
             return True
         try:
             await self._log.handled(batch)
-        except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+        except DATABASE_ERRORS as exc:
             self._handled = batch + self._handled
-            log.warning("eventlog.unavailable", error=describe(exc), retry_in_s=1.0)
+            self._available.failed(exc, "eventlog.mark_failed", retry_in_s=1.0)
             return False
         self._wake.set()  # the next event of each of these rows may be claimed now
         return True
 
     async def _renew_leases(self) -> None:
+        """Every third of a lease; an outage is waited out, then the leases renewed at once."""
         while True:
             await asyncio.sleep(self._settings.lease_s / 3)
             held = set(self._held) | set(self._handled)
             if not held:
                 continue
             try:
-                renewed = await self._log.renew(held)
-            except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+                renewed = await self._available.until_done(partial(self._log.renew, held))
+            except DATABASE_ERRORS as exc:
                 log.warning("eventlog.lease_renewal_failed", error=describe(exc))
                 continue
             # Events still worked on here (not merely awaiting their handled mark).
@@ -210,8 +214,8 @@ class DurableDaemon(Daemon[LoggedEvent]):
                 connection = await asyncpg.connect(
                     url, server_settings={"application_name": "flowd"}
                 )
-            except (*CONNECTION_LOST, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("eventlog.listen_failed", error=describe(exc), retry_in_s=pause)
+            except DATABASE_ERRORS as exc:
+                self._available.failed(exc, "eventlog.listen_failed", retry_in_s=pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)
                 continue
@@ -225,8 +229,8 @@ class DurableDaemon(Daemon[LoggedEvent]):
                 while True:
                     await asyncio.sleep(_LISTENER_CHECK_S)
                     await connection.fetchval("SELECT 1")  # a dead connection hears nothing
-            except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
-                log.warning("eventlog.listen_lost", error=describe(exc))
+            except DATABASE_ERRORS as exc:
+                self._available.failed(exc, "eventlog.listen_lost")
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(connection.close(), 5)
@@ -238,8 +242,8 @@ class DurableDaemon(Daemon[LoggedEvent]):
             try:
                 await self._report_backlog()
                 deleted = await self._log.purge(self._settings.event_retention_s)
-            except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
-                log.warning("eventlog.maintenance_failed", error=describe(exc))
+            except DATABASE_ERRORS as exc:
+                self._available.failed(exc, "eventlog.maintenance_failed")
                 continue
             if deleted:
                 log.info("eventlog.purged", events=deleted)
@@ -263,7 +267,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
         try:
             if leftover:
                 await self._log.release(leftover)
-        except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("eventlog.release_failed", error=describe(exc))
         log.info(
             "shutdown.finished",
