@@ -129,6 +129,7 @@ class Daemon(abc.ABC, Generic[Item]):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(feed, 10)  # no new events from here on
             await self._drain()
+            self._app.available.give_up()  # what is left is accounted for by `_finish`
             for task in (feed, dispatcher, reloader, *side):
                 task.cancel()
             await asyncio.gather(feed, dispatcher, reloader, *side, return_exceptions=True)

@@ -291,7 +291,7 @@ async def drain(app: App) -> Summary:
     )
 
     async def mark(event_ids: Sequence[int]) -> list[None]:
-        await event_log.handled(event_ids)
+        await app.available.until_done(partial(event_log.handled, event_ids))
         return [None] * len(event_ids)
 
     marks: GroupWriter[int, None] = GroupWriter(mark)
@@ -316,7 +316,8 @@ async def drain(app: App) -> Summary:
     try:
         while True:
             await pipeline.room()
-            batch = await event_log.claim(settings.concurrency - pipeline.held, lookup)
+            limit = settings.concurrency - pipeline.held
+            batch = await app.available.until_done(partial(event_log.claim, limit, lookup))
             if not batch:
                 if not pipeline.held:
                     break

@@ -35,10 +35,11 @@ class Availability:
         self.up.set()
         self._lost_at = 0.0
         self._prober: asyncio.Task[None] | None = None
+        self._given_up = False
 
     def mark_lost(self, exc: BaseException) -> None:
         """An outage met `exc`: close the gate (logged on the change only) and probe."""
-        if not self.up.is_set():
+        if self._given_up or not self.up.is_set():
             return
         self.up.clear()
         self._lost_at = time.monotonic()
@@ -54,6 +55,11 @@ class Availability:
     async def wait_available(self) -> None:
         await self.up.wait()
 
+    def give_up(self) -> None:
+        """Shutting down after the drain: from now on an outage is raised, not waited out."""
+        self._given_up = True
+        self.up.set()
+
     def failed(self, exc: BaseException, event: str, **fields: object) -> None:
         """A database call failed: an outage closes the gate, anything else is logged `event`."""
         if is_outage(exc):
@@ -68,7 +74,7 @@ class Availability:
             try:
                 return await call()
             except Exception as exc:
-                if not is_outage(exc):
+                if not is_outage(exc) or self._given_up:
                     raise
                 self.mark_lost(exc)
 
