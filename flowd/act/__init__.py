@@ -29,7 +29,7 @@ from flowd.act.retry import RetryPolicy, call_with_retries
 from flowd.act.templates import check_syntax, strings_in, template_context
 from flowd.catalog import Catalog, Table
 from flowd.config import Settings
-from flowd.db import Connection
+from flowd.db import Connection, is_outage
 from flowd.errors import (
     ActionError,
     ConfigurationError,
@@ -232,6 +232,8 @@ class ActionRunner:
         except ExecutionTakenOver:
             raise
         except Exception as exc:  # a bug must fail this action, not the daemon
+            if is_outage(exc):
+                raise  # only once flowd gave up waiting (shutdown): left RUNNING, to resume
             bound.exception("action.crashed")
             error = PermanentActionError(f"internal error: {describe(exc)}")
         outcome = (
