@@ -215,7 +215,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
                     url, server_settings={"application_name": "flowd"}
                 )
             except DATABASE_ERRORS as exc:
-                self._available.failed(exc, "eventlog.listen_failed", retry_in_s=pause)
+                log.warning("eventlog.listen_failed", error=describe(exc), retry_in_s=pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)
                 continue
@@ -230,7 +230,8 @@ class DurableDaemon(Daemon[LoggedEvent]):
                     await asyncio.sleep(_LISTENER_CHECK_S)
                     await connection.fetchval("SELECT 1")  # a dead connection hears nothing
             except DATABASE_ERRORS as exc:
-                self._available.failed(exc, "eventlog.listen_lost")
+                # Its own connection: losing it says nothing of the pool's; the gate stays open.
+                log.warning("eventlog.listen_lost", error=describe(exc))
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(connection.close(), 5)

@@ -10,6 +10,7 @@ memory to be written (`Recorder`): an outage is waited out, never a FAILURE.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -23,7 +24,7 @@ log = get_logger()
 T = TypeVar("T")
 
 _FIRST_PROBE_S = 0.2
-_MAX_PROBE_PAUSE_S = 2.0
+_MAX_PROBE_PAUSE_S = 1.0
 
 
 class Availability:
@@ -43,8 +44,12 @@ class Availability:
             return
         self.up.clear()
         self._lost_at = time.monotonic()
-        log.warning("eventlog.unavailable", error=describe(exc))
-        self._prober = asyncio.create_task(self._probe_until_back(), name="availability")
+        # Outside the caller's context: the outage is the process's, not one event's.
+        process = contextvars.Context()
+        process.run(log.warning, "eventlog.unavailable", error=describe(exc))
+        self._prober = asyncio.create_task(
+            self._probe_until_back(), name="availability", context=process
+        )
 
     def mark_back(self) -> None:
         if self.up.is_set():
