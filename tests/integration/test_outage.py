@@ -208,7 +208,7 @@ async def _burst_across(
     await asyncio.to_thread(outage)
     back_at = time.monotonic()
     await _until(lambda: _finished(url), "every execution finished", flowd)
-    assert await flowd.stop() == 0
+    assert await flowd.stop() == 0, flowd.tail()
     return flowd, down_at, back_at
 
 
