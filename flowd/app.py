@@ -7,6 +7,7 @@ action runner and recorder on top of them.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,9 +28,12 @@ from flowd.chain import OwnWrites
 from flowd.config import Settings
 from flowd.db import create_pool
 from flowd.engine import Engine
+from flowd.outage import Availability
 from flowd.policy import TablePolicy
 from flowd.record import Recorder
 from flowd.secrets import Secrets
+
+_PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class App:
     pool: asyncpg.Pool | None
     runner: ActionRunner
     execution_log: Recorder | None  # None without a database
+    available: Availability  # whether the database is there right now
     database_flows: flow_store.DatabaseFlows = field(default_factory=flow_store.DatabaseFlows)
 
     @property
@@ -117,6 +122,7 @@ def configure_logging(settings: Settings, secrets: Secrets, *, to_stderr: bool =
 async def open_app(settings: Settings, secrets: Secrets, *, database: bool) -> AsyncIterator[App]:
     pool = await create_pool(settings) if database else None
     templates = TemplateSandbox.from_settings(settings)
+    available = Availability(lambda: _answers(pool))
     try:
         async with http.open_session(policy_of(settings)) as client:
             runner = ActionRunner(
@@ -125,19 +131,27 @@ async def open_app(settings: Settings, secrets: Secrets, *, database: bool) -> A
                 http_client=client,
                 pool=pool,
                 templates=templates,
+                available=available,
             )
             recorder = (
                 Recorder(
                     pool,
                     settings.schema_name,
                     secrets.redact,
+                    available,
                     abandoned_after_s=settings.abandoned_after_s,
                 )
                 if pool is not None
                 else None
             )
-            yield App(settings, secrets, client, pool, runner, recorder)
+            yield App(settings, secrets, client, pool, runner, recorder, available)
     finally:
         await templates.close()
         if pool is not None:
             await pool.close()
+
+
+async def _answers(pool: asyncpg.Pool | None) -> None:
+    """The outage probe: the database answers a query within a few seconds."""
+    if pool is not None:
+        await asyncio.wait_for(pool.fetchval("SELECT 1"), _PROBE_TIMEOUT_S)

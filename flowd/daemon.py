@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
 from flowd import metrics
 from flowd.app import App
 from flowd.chain import Cause, OwnWrites
-from flowd.db import CONNECTION_LOST
+from flowd.db import is_outage
 from flowd.engine import Engine
 from flowd.errors import EventError, describe
 from flowd.flows import FlowSet
@@ -129,6 +129,7 @@ class Daemon(abc.ABC, Generic[Item]):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(feed, 10)  # no new events from here on
             await self._drain()
+            self._app.available.give_up()  # what is left is accounted for by `_finish`
             for task in (feed, dispatcher, reloader, *side):
                 task.cancel()
             await asyncio.gather(feed, dispatcher, reloader, *side, return_exceptions=True)
@@ -173,19 +174,19 @@ class Daemon(abc.ABC, Generic[Item]):
     ) -> bool:
         """Handle one event; wait out a database outage rather than lose the event.
 
-        False when, during an outage, the feed says the event is no longer ours.
+        False when, after an outage, the feed says the event is no longer ours.
         """
-        pause = 1.0
+        available = self._app.available
         while True:
             try:
                 await self._engine.handle(event, cause)
                 return True
-            except CONNECTION_LOST as exc:
-                if self._stopping.is_set():
+            except Exception as exc:
+                if not is_outage(exc) or self._stopping.is_set():
                     raise
-                log.warning("event.retry", error=describe(exc), retry_in_s=pause)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 30.0)
+                log.warning("event.retry", error=describe(exc))
+                available.mark_lost(exc)
+                await available.wait_available()
                 if not await self._still_ours(item):
                     return False
 

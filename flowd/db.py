@@ -16,16 +16,47 @@ from flowd.config import Settings
 from flowd.errors import ConfigurationError, DatabaseUnavailable, DatabaseUnreachable, describe
 
 CONNECT_TIMEOUT_S = 10.0
-# The database went away mid-work (network, restart, failover): worth trying again.
-# InternalClientError: asyncpg's protocol state after a connection broke mid-operation.
-CONNECTION_LOST = (
+# SQLSTATEs that say the server is not there right now (rather than that a statement is wrong):
+# admin / crash shutdown, cannot connect now (starting or stopping), a read-only transaction
+# (failover onto a standby), too many connections. Class 08 (connection exceptions, which
+# is also how asyncpg surfaces PgBouncer's errors: 08P01) is matched as a class.
+_OUTAGE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006", "53300"})
+# PgBouncer's words, should one arrive under another SQLSTATE.
+_POOLER_MESSAGES = (
+    "server conn crashed",
+    "no more connections allowed",
+    "pgbouncer cannot connect to server",
+    "query_wait_timeout",
+)
+# Any failure of a database call, an outage or not (side tasks log these and go on).
+DATABASE_ERRORS = (
     OSError,
-    asyncpg.PostgresConnectionError,
+    asyncpg.PostgresError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
 )
 # One connection, whether taken from a pool or opened alone.
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Does `exc` mean "the database is not there right now" (to be waited out)?
+
+    Network errors and timeouts on connect, connection-class errors, a server shutting
+    down, restarting or failed over, a full server or pooler, and asyncpg's state after a
+    connection broke mid-operation. Not an outage: anything a statement itself did wrong.
+    """
+    if isinstance(exc, OSError | asyncpg.InternalClientError | asyncpg.ConnectionDoesNotExistError):
+        return True  # OSError covers ConnectionError and TimeoutError
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "connection is closed" in str(exc) or "connection was closed" in str(exc)
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = str(exc.sqlstate or "")
+        if sqlstate.startswith("08") or sqlstate in _OUTAGE_SQLSTATES:
+            return True
+        message = str(getattr(exc, "message", "") or exc).lower()
+        return any(words in message for words in _POOLER_MESSAGES)
+    return False
 
 
 def worker_id() -> str:

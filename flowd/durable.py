@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Hashable, Sequence
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,7 +27,7 @@ from flowd import metrics
 from flowd.app import App
 from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT
 from flowd.daemon import Daemon
-from flowd.db import CONNECTION_LOST, worker_id
+from flowd.db import DATABASE_ERRORS, is_outage, worker_id
 from flowd.engine import Engine
 from flowd.errors import ExecutionTakenOver, describe
 from flowd.eventlog import (
@@ -72,8 +73,8 @@ async def _count_failed_try(event_log: EventLog, event_id: int, reason: str) -> 
     to run out, and the event is tried again."""
     try:
         tries = await event_log.try_failed(event_id, reason)
-    except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
-        log.warning("eventlog.unavailable", error=describe(exc), event_id=event_id)
+    except DATABASE_ERRORS as exc:
+        log.warning("eventlog.mark_failed", error=describe(exc), event_id=event_id)
         return False
     if tries is None:
         return False
@@ -98,6 +99,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
         self._held: set[int] = set()  # claimed here; handled mark not yet written
         self._handled: list[int] = []  # handled; mark not yet written
         self._handled_added = asyncio.Event()
+        self._available = app.available
 
     def _make_engine(self, flow_set: FlowSet) -> Engine:
         return self._app.engine(flow_set, durable=True)
@@ -139,8 +141,9 @@ class DurableDaemon(Daemon[LoggedEvent]):
             try:
                 events = await self._log.claim(limit, self._columns_of)
             except Exception as exc:  # the feed must outlive any failure; the poll goes on
-                log.warning("eventlog.unavailable", error=describe(exc), retry_in_s=pause)
-                await self._sleep(pause)
+                self._available.failed(exc, "eventlog.claim_failed", retry_in_s=pause)
+                away = not self._available.up.is_set()
+                await self._sleep(pause, wake=self._available.up if away else None)
                 pause = min(pause * 2, 30.0)
                 continue
             pause = 1.0
@@ -148,6 +151,8 @@ class DurableDaemon(Daemon[LoggedEvent]):
                 if isinstance(logged, UnreadableEvent):
                     await _count_failed_try(self._log, logged.event_id, logged.reason)
                     continue
+                if logged.event_id in self._held:
+                    continue  # its lease ran out during an outage, and it is still worked on here
                 metrics.event_received(logged.event.commit_timestamp)
                 self._held.add(logged.event_id)
                 self._save(logged.event)
@@ -172,9 +177,10 @@ class DurableDaemon(Daemon[LoggedEvent]):
         except ExecutionTakenOver:
             log.warning("event.taken_over", event_id=item.event_id)
             handled = False
-        except CONNECTION_LOST:
-            raise  # shutting down during an outage: the lease is given back
-        except Exception as exc:  # a poison event: tried again, then set aside
+        except Exception as exc:
+            if is_outage(exc):
+                raise  # shutting down during an outage: the lease is given back
+            # a poison event: tried again, then set aside
             await _count_failed_try(self._log, item.event_id, describe(exc))
             handled = False
         finally:
@@ -187,10 +193,8 @@ class DurableDaemon(Daemon[LoggedEvent]):
         return item.row
 
     async def _still_ours(self, item: LoggedEvent) -> bool:
-        try:
-            return item.event_id in await self._log.renew([item.event_id])
-        except CONNECTION_LOST:
-            return True  # still unknown: keep waiting out the outage
+        renewed = await self._available.until_done(lambda: self._log.renew([item.event_id]))
+        return item.event_id in renewed
 
     # ------------------------------------------------------------ side tasks
 
@@ -209,22 +213,23 @@ class DurableDaemon(Daemon[LoggedEvent]):
             return True
         try:
             await self._log.handled(batch)
-        except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+        except DATABASE_ERRORS as exc:
             self._handled = batch + self._handled
-            log.warning("eventlog.unavailable", error=describe(exc), retry_in_s=1.0)
+            self._available.failed(exc, "eventlog.mark_failed", retry_in_s=1.0)
             return False
         self._wake.set()  # the next event of each of these rows may be claimed now
         return True
 
     async def _renew_leases(self) -> None:
+        """Every third of a lease; an outage is waited out, then the leases renewed at once."""
         while True:
             await asyncio.sleep(self._settings.lease_s / 3)
             held = set(self._held) | set(self._handled)
             if not held:
                 continue
             try:
-                renewed = await self._log.renew(held)
-            except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+                renewed = await self._available.until_done(partial(self._log.renew, held))
+            except DATABASE_ERRORS as exc:
                 log.warning("eventlog.lease_renewal_failed", error=describe(exc))
                 continue
             # Events still worked on here (not merely awaiting their handled mark).
@@ -243,7 +248,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
                 connection = await asyncpg.connect(
                     url, server_settings={"application_name": "flowd"}
                 )
-            except (*CONNECTION_LOST, asyncpg.PostgresError, TimeoutError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("eventlog.listen_failed", error=describe(exc), retry_in_s=pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)
@@ -258,7 +263,8 @@ class DurableDaemon(Daemon[LoggedEvent]):
                 while True:
                     await asyncio.sleep(_LISTENER_CHECK_S)
                     await connection.fetchval("SELECT 1")  # a dead connection hears nothing
-            except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+            except DATABASE_ERRORS as exc:
+                # Its own connection: losing it says nothing of the pool's; the gate stays open.
                 log.warning("eventlog.listen_lost", error=describe(exc))
             finally:
                 with contextlib.suppress(Exception):
@@ -271,8 +277,8 @@ class DurableDaemon(Daemon[LoggedEvent]):
             try:
                 await self._report_backlog()
                 deleted = await self._log.purge(self._settings.event_retention_s)
-            except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
-                log.warning("eventlog.maintenance_failed", error=describe(exc))
+            except DATABASE_ERRORS as exc:
+                self._available.failed(exc, "eventlog.maintenance_failed")
                 continue
             if deleted:
                 log.info("eventlog.purged", events=deleted)
@@ -297,7 +303,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
         try:
             if leftover:
                 await self._log.release(leftover)
-        except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("eventlog.release_failed", error=describe(exc))
         log.info(
             "shutdown.finished",
@@ -321,7 +327,7 @@ async def drain(app: App) -> Summary:
     )
 
     async def mark(event_ids: Sequence[int]) -> list[None]:
-        await event_log.handled(event_ids)
+        await app.available.until_done(partial(event_log.handled, event_ids))
         return [None] * len(event_ids)
 
     marks: GroupWriter[int, None] = GroupWriter(mark)
@@ -336,9 +342,10 @@ async def drain(app: App) -> Summary:
         except ExecutionTakenOver:
             log.warning("event.taken_over", event_id=logged.event_id)
             return
-        except CONNECTION_LOST:
-            raise
-        except Exception as exc:  # a poison event: tried again, then set aside
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            # a poison event: tried again, then set aside
             await failed_try(logged.event_id, describe(exc))
             return
         await marks.submit(logged.event_id)
@@ -355,7 +362,8 @@ async def drain(app: App) -> Summary:
     try:
         while True:
             await pipeline.room()
-            batch = await event_log.claim(settings.concurrency - pipeline.held, lookup)
+            limit = settings.concurrency - pipeline.held
+            batch = await app.available.until_done(partial(event_log.claim, limit, lookup))
             if not batch:
                 if not pipeline.held:
                     break

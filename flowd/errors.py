@@ -9,7 +9,7 @@
     ├── ExecutionTakenOver        another process carried on a durable execution
     └── ActionError               an action failed
         ├── PermanentActionError  retrying cannot help (4xx, bad template, bad config)
-        └── TransientActionError  worth another attempt (timeout, 5xx, 429, lost connection)
+        └── TransientActionError  worth another attempt (timeout, 5xx, 429, deadlock)
 
 Driver errors (asyncpg, aiohttp, jinja2) are translated once, where they are caught,
 with `raise ... from exc`; only the CLI maps these classes to exit codes.

@@ -242,6 +242,20 @@ class TemporaryCluster:
         if result.returncode != 0:
             raise RuntimeError(f"pg_ctl restart failed: {(result.stdout + result.stderr).strip()}")
 
+    def pause(self) -> None:
+        """Fast shutdown, keeping the data: the server is down until `resume()`."""
+        assert self.bin_dir is not None
+        result = self._pg_ctl("stop", "-m", "fast", "-t", "60")
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed: {(result.stdout + result.stderr).strip()}")
+
+    def resume(self) -> None:
+        """Start a paused server again, on the same port."""
+        assert self.bin_dir is not None
+        result = self._pg_ctl("start", "-l", str(self.log_path), "-t", "60")
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {(result.stdout + result.stderr).strip()}")
+
     def __enter__(self) -> Self:
         self.start()
         return self

@@ -21,8 +21,9 @@ import asyncpg
 from pydantic import TypeAdapter
 
 from flowd.catalog import quote_ident
-from flowd.db import CONNECTION_LOST, Connection
+from flowd.db import Connection, is_outage
 from flowd.models import ActionOutcome, ChangeEvent, Flow, Status
+from flowd.outage import Availability
 
 
 def _rerunnable(seconds: str) -> str:
@@ -144,7 +145,7 @@ class GroupWriter(Generic[Request, Result]):
         try:
             results = await self._write([request for request, _ in batch])
         except Exception as exc:
-            if len(batch) > 1 and not isinstance(exc, CONNECTION_LOST):
+            if len(batch) > 1 and not is_outage(exc):
                 # One request the database refuses fails the statement of the whole group:
                 # each is written alone, so that it fails by itself. (The failed statement
                 # wrote nothing, so none is written twice.)
@@ -189,10 +190,15 @@ class Recorder:
         pool: asyncpg.Pool,
         schema: str,
         redact: Callable[[str], str],
+        available: Availability | None = None,
         *,
         abandoned_after_s: float = 900.0,
     ) -> None:
         self._pool = pool
+        # A write that meets an outage waits in memory until the database is back: an
+        # action that finished is recorded late rather than run again.
+        available = available or Availability(lambda: pool.fetchval("SELECT 1"))
+        self._until_written = available.until_done
         self._abandoned_after_s = abandoned_after_s
         self._table = f"{quote_ident(schema)}.flow_executions"
         self._redact = redact
@@ -222,7 +228,8 @@ class Recorder:
             if execution_id is not None:
                 self.in_flight.add(execution_id)
             return execution_id
-        claim = await self._claims.submit(_ClaimRequest(flow.flow_id, event, resume=False))
+        request = _ClaimRequest(flow.flow_id, event, resume=False)
+        claim = await self._until_written(lambda: self._claims.submit(request))
         return claim.execution_id if claim is not None else None
 
     async def claim_durable(self, flow: Flow, event: ChangeEvent) -> Claim | None:
@@ -231,7 +238,8 @@ class Recorder:
         Only for events claimed from the durable event log: the event's lease makes this
         process the only one working on it, so a RUNNING execution is an interrupted one.
         """
-        return await self._resumes.submit(_ClaimRequest(flow.flow_id, event, resume=True))
+        request = _ClaimRequest(flow.flow_id, event, resume=True)
+        return await self._until_written(lambda: self._resumes.submit(request))
 
     async def record_without_actions(
         self, flow: Flow, event: ChangeEvent, log: str, *, durable: bool
@@ -242,7 +250,8 @@ class Recorder:
         RUNNING execution (its flow had actions then) is finished by this one.
         """
         request = _ClaimRequest(flow.flow_id, event, resume=durable, log=self._redact(log))
-        claim = await (self._resumes if durable else self._claims).submit(request)
+        writer = self._resumes if durable else self._claims
+        claim = await self._until_written(lambda: writer.submit(request))
         return claim.execution_id if claim is not None else None
 
     async def _write_claims(self, requests: Sequence[_ClaimRequest]) -> list[Claim | None]:
@@ -301,7 +310,7 @@ class Recorder:
         """
         step = _Step(execution_id, index, self._redact(outcome.model_dump_json()))
         if connection is None:
-            return await self._steps.submit(step)
+            return await self._until_written(lambda: self._steps.submit(step))
         return bool(await self._write_steps([step], connection))
 
     async def _write_steps(
@@ -346,9 +355,8 @@ class Recorder:
         """Write the outcome; with `run` (a durable claim's), only if no other run took the
         execution over since: False then, and nothing is written."""
         details = _OUTCOMES.dump_json(list(outcomes)).decode()
-        return await self._finishes.submit(
-            _Outcome(execution_id, status, self._redact(log), self._redact(details), run)
-        )
+        outcome = _Outcome(execution_id, status, self._redact(log), self._redact(details), run)
+        return await self._until_written(lambda: self._finishes.submit(outcome))
 
     async def _write_outcomes(self, outcomes: Sequence[_Outcome]) -> list[bool]:
         """One UPDATE for many outcomes, rows in id order (no deadlock with another writer)."""

@@ -27,7 +27,7 @@ import asyncpg
 from flowd.app import App
 from flowd.catalog import Table, quote_ident
 from flowd.cron import Clock, SystemClock
-from flowd.db import CONNECTION_LOST, worker_id
+from flowd.db import DATABASE_ERRORS, worker_id
 from flowd.engine import FlowRun
 from flowd.errors import ConfigurationError, describe
 from flowd.flows import FlowSet, ScheduledFlow
@@ -316,7 +316,7 @@ class TickRunner:
             await asyncio.sleep(self.ticks.lease_s / 3)
             try:
                 await self.ticks.renew(flow_id, scheduled_for)
-            except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("schedule.lease_renewal_failed", error=describe(exc))
 
 
@@ -359,7 +359,7 @@ class Scheduler:
             if last is None:
                 try:
                     last = self._last[flow_id] = await self._baseline(scheduled, now)
-                except (*CONNECTION_LOST, asyncpg.PostgresError) as exc:
+                except DATABASE_ERRORS as exc:
                     log.warning(
                         "schedule.unavailable",
                         flow_id=flow_id,

@@ -31,7 +31,7 @@ from flowd.act.sandbox import TemplateSandbox
 from flowd.act.templates import check_syntax, origin_refusal, strings_in, template_context
 from flowd.catalog import Catalog, Table
 from flowd.config import Settings
-from flowd.db import Connection
+from flowd.db import Connection, is_outage
 from flowd.errors import (
     ActionError,
     ConfigurationError,
@@ -43,6 +43,7 @@ from flowd.errors import (
 )
 from flowd.logs import get_logger
 from flowd.models import Action, ActionOutcome, ChangeEvent, Flow
+from flowd.outage import Availability
 from flowd.policy import TablePolicy
 from flowd.secrets import Secrets
 
@@ -148,7 +149,10 @@ class ActionRunner:
     `slots` holds FLOWD_CONCURRENCY places: an execution holds one from its first action
     until its outcome is recorded (`Engine`), so at most that many actions can be repeated
     after a crash. Classifying events and writing claims and executions without actions
-    take none: they are group-committed across every event held.
+    take none: they are group-committed across every event held. No attempt starts while
+    the database is away (`available`), and a DB_UPDATE that meets an outage waits it out
+    and runs again (its write rolled back with its journal record), without using up an
+    attempt.
     """
 
     def __init__(
@@ -159,9 +163,11 @@ class ActionRunner:
         http_client: aiohttp.ClientSession,
         pool: asyncpg.Pool | None,
         templates: TemplateSandbox,
+        available: Availability,
     ) -> None:
         self._settings = settings
         self._templates = templates
+        self._available = available
         self._secrets = secrets
         self._http = http_client
         self._pool = pool
@@ -211,6 +217,7 @@ class ActionRunner:
         async def attempt(number: int) -> _Done:
             nonlocal attempts
             attempts = number
+            await self._available.wait_available()  # no action starts while it is away
             return await self._attempt(prepared, run, index, number, started)
 
         def on_retry(number: int, error: BaseException, pause_s: float) -> None:
@@ -231,6 +238,8 @@ class ActionRunner:
         except ExecutionTakenOver:
             raise
         except Exception as exc:  # a bug must fail this action, not the daemon
+            if is_outage(exc):
+                raise  # only once flowd gave up waiting (shutdown): left RUNNING, to resume
             bound.exception("action.crashed")
             error = PermanentActionError(f"internal error: {describe(exc)}")
         outcome = (
@@ -274,15 +283,18 @@ class ActionRunner:
         flow, event = run.flow, run.event
         config = await render_config(self._templates, prepared.config, run.context)
         if isinstance(config, db_update.DbUpdateConfig):
-            if self._pool is None or prepared.table is None:
+            pool, journal = self._pool, run.journal
+            if pool is None or prepared.table is None:
                 raise PermanentActionError("DB_UPDATE needs a database (DATABASE_URL)")
             update = db_update.build_update(config, prepared.table, event)
-            if run.journal is None:
-                rows = await db_update.execute(self._pool, update)
+            if journal is None:
+                rows = await self._available.until_done(lambda: db_update.execute(pool, update))
                 done = _Done(rows_written=len(rows), rows=rows)
             else:
-                done = await self._update_and_record(
-                    update, run.journal, prepared, index, number, started
+                done = await self._available.until_done(
+                    lambda: self._update_and_record(
+                        update, journal, prepared, index, number, started
+                    )
                 )
             if run.on_written is not None and done.rows_written:
                 run.on_written(prepared.table, update.columns, done.rows)

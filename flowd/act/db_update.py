@@ -18,7 +18,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowd.catalog import Catalog, Table, quote_ident
-from flowd.db import CONNECTION_LOST, Connection
+from flowd.db import Connection, is_outage
 from flowd.errors import PermanentActionError, TransientActionError, describe
 from flowd.models import ChangeEvent, Flow, table_ref
 from flowd.policy import TablePolicy
@@ -157,11 +157,11 @@ async def execute(database: asyncpg.Pool | Connection, update: Update) -> list[d
     """Run the update once; return the rows written, as Realtime would encode them."""
     try:
         rows = await database.fetch(update.sql, *update.parameters)
-    except CONNECTION_LOST as exc:
-        raise TransientActionError(f"database connection lost: {exc}") from None
     except asyncpg.PostgresError as exc:
+        if is_outage(exc):
+            raise  # the database is away: the caller (`ActionRunner`) waits it out
         message = describe(exc)
-        if exc.sqlstate in _TRANSIENT_SQLSTATES or str(exc.sqlstate).startswith("08"):
+        if exc.sqlstate in _TRANSIENT_SQLSTATES:
             raise TransientActionError(message) from None
         raise PermanentActionError(message) from None
     return [json.loads(row[0]) for row in rows]
@@ -169,9 +169,7 @@ async def execute(database: asyncpg.Pool | Connection, update: Update) -> list[d
 
 @asynccontextmanager
 async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
-    """A connection in a transaction; a lost connection is a transient failure (rolled back)."""
-    try:
-        async with pool.acquire() as connection, connection.transaction():
-            yield connection
-    except CONNECTION_LOST as exc:
-        raise TransientActionError(f"database connection lost: {exc}") from None
+    """A connection in a transaction. An outage rolls it back and is raised as it came
+    (`db.is_outage`), for the caller to wait out."""
+    async with pool.acquire() as connection, connection.transaction():
+        yield connection
