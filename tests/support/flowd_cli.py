@@ -206,4 +206,5 @@ class RunningFlowd:
         except TimeoutError:
             self._process.kill()
             await self.wait()
-            raise
+            stuck = f"flowd did not stop within {timeout_s} s: {self.tail()}"
+            raise AssertionError(stuck) from None
