@@ -1,12 +1,14 @@
 """Fixtures: a real PostgreSQL per session, a fresh migrated database per test, HTTP targets.
 
 The session starts its own temporary cluster (or uses FLOWD_TEST_DATABASE_URL). A
-template database gets flowd's migrations and the example `tasks` table once; each
-test gets a clone of it, so tests never see each other's rows.
+template database gets Supabase's API roles and default privileges, then flowd's migrations
+and the example `tasks` table, once; each test gets a clone of it, so tests never see each
+other's rows, and every test meets the grants a Supabase project has.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -20,7 +22,7 @@ import pytest
 
 from flowd.local_postgres import TemporaryCluster
 from flowd.migrate import migrate
-from tests.support import sentinels
+from tests.support import sentinels, supabase
 from tests.support.http_target import HttpTarget
 
 TEMPLATE = "flowd_test_template"
@@ -59,8 +61,10 @@ class Databases:
     async def build_template(self) -> None:
         await self._admin(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
         await self._admin(f"CREATE DATABASE {TEMPLATE}")
+        await self._admin(supabase.ROLES_SQL)
         connection = await asyncpg.connect(self.url(TEMPLATE))
         try:
+            await connection.execute(supabase.DEFAULT_PRIVILEGES_SQL)
             await migrate(connection, "public")
             await connection.execute((Path(__file__).parent / "support" / "schema.sql").read_text())
         finally:
@@ -84,10 +88,22 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url := os.environ.get("FLOWD_TEST_DATABASE_URL"):
         yield url
         return
-    cluster = TemporaryCluster(tmp_path_factory.mktemp("pg"))
+    with _started(TemporaryCluster(tmp_path_factory.mktemp("pg"))) as cluster:
+        yield cluster.dsn
+
+
+@pytest.fixture(scope="module")
+def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporaryCluster]:
+    """A server of the test module's own, which its tests may stop and restart."""
+    with _started(TemporaryCluster(tmp_path_factory.mktemp("pg-own"))) as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def _started(cluster: TemporaryCluster) -> Iterator[TemporaryCluster]:
     cluster.start()
     try:
-        yield cluster.dsn
+        yield cluster
     finally:
         cluster.stop()
 

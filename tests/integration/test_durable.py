@@ -22,7 +22,7 @@ import pytest
 from flowd.local_postgres import TemporaryCluster
 from flowd.migrate import migrate
 from tests.support.flowd_cli import RunningFlowd, run_flowd
-from tests.support.flows import add_flow, executions
+from tests.support.flows import STATUS_AUDIT_SQL, add_flow, executions
 from tests.support.http_target import HttpTarget, Reply
 
 DURABLE = {
@@ -33,18 +33,6 @@ DURABLE = {
 }
 CONCURRENCY = 16
 QUEUE_SIZE = 1000  # FLOWD_QUEUE_SIZE's default
-
-# Counts the writes that really changed a task's status, to catch a DB_UPDATE applied twice.
-_AUDIT_SQL = """
-CREATE TABLE status_writes (task_id bigint NOT NULL, status text);
-CREATE FUNCTION audit_status() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO status_writes VALUES (NEW.id, NEW.status);
-    RETURN NULL;
-END $$;
-CREATE TRIGGER audit_status AFTER UPDATE ON tasks FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION audit_status();
-"""
 
 
 @pytest.fixture
@@ -172,7 +160,7 @@ async def test_kill_9_mid_burst_loses_nothing_and_applies_each_update_once(
     """SIGKILL in a burst of 2,000 changes, then a restart: every change has exactly its
     execution; each DB_UPDATE took effect once; HTTP repeats only what was in flight, with
     the same Idempotency-Key."""
-    await db.execute(_AUDIT_SQL)
+    await db.execute(STATUS_AUDIT_SQL)
     flow_id = await add_flow(
         db,
         rules=[("priority", "=", "high")],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -15,24 +15,13 @@ from flowd.db import is_outage
 from flowd.local_postgres import TemporaryCluster
 from tests.conftest import Databases
 from tests.support.flowd_cli import RunningFlowd
-from tests.support.flows import add_flow
+from tests.support.flows import STATUS_AUDIT_SQL, add_flow
 from tests.support.http_target import HttpTarget, Reply
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporaryCluster]:
-    """A server this module may stop and restart."""
-    own = TemporaryCluster(tmp_path_factory.mktemp("pg-outage"))
-    own.start()
-    try:
-        yield own
-    finally:
-        own.stop()
-
-
-@pytest.fixture(scope="module")
-async def outage_databases(cluster: TemporaryCluster) -> Databases:
-    databases = Databases(cluster.dsn)
+async def outage_databases(own_cluster: TemporaryCluster) -> Databases:
+    databases = Databases(own_cluster.dsn)
     await databases.build_template()
     return databases
 
@@ -49,22 +38,22 @@ async def outage_db_url(outage_databases: Databases) -> AsyncIterator[str]:
 
 
 async def test_a_refused_connection_to_a_stopped_server_is_an_outage(
-    cluster: TemporaryCluster,
+    own_cluster: TemporaryCluster,
 ) -> None:
-    await asyncio.to_thread(cluster.pause)
+    await asyncio.to_thread(own_cluster.pause)
     try:
         with pytest.raises(ConnectionRefusedError) as refused:
-            await asyncpg.connect(cluster.dsn, timeout=5)
+            await asyncpg.connect(own_cluster.dsn, timeout=5)
     finally:
-        await asyncio.to_thread(cluster.resume)
+        await asyncio.to_thread(own_cluster.resume)
     assert is_outage(refused.value)
 
 
 async def test_a_terminated_backend_and_its_closed_connection_are_outages(
-    cluster: TemporaryCluster,
+    own_cluster: TemporaryCluster,
 ) -> None:
-    victim = await asyncpg.connect(cluster.dsn)
-    admin = await asyncpg.connect(cluster.dsn)
+    victim = await asyncpg.connect(own_cluster.dsn)
+    admin = await asyncpg.connect(own_cluster.dsn)
     try:
         sleeping = asyncio.create_task(victim.fetchval("SELECT pg_sleep(30)"))
         await asyncio.sleep(0.3)
@@ -83,9 +72,9 @@ async def test_a_terminated_backend_and_its_closed_connection_are_outages(
 
 
 async def test_a_read_only_server_is_an_outage_but_a_bad_statement_is_not(
-    cluster: TemporaryCluster,
+    own_cluster: TemporaryCluster,
 ) -> None:
-    connection = await asyncpg.connect(cluster.dsn)
+    connection = await asyncpg.connect(own_cluster.dsn)
     try:
         await connection.execute("CREATE TEMP TABLE t (id int PRIMARY KEY)")
         await connection.execute("INSERT INTO t VALUES (1)")
@@ -122,24 +111,13 @@ def test_shutdown_full_server_and_pooler_errors_are_outages() -> None:
 
 CONCURRENCY = 8
 TASKS = 400
-# Counts the writes that really changed a task's status, to catch a DB_UPDATE applied twice.
-_AUDIT_SQL = """
-CREATE TABLE status_writes (task_id bigint NOT NULL, status text);
-CREATE FUNCTION audit_status() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO status_writes VALUES (NEW.id, NEW.status);
-    RETURN NULL;
-END $$;
-CREATE TRIGGER audit_status AFTER UPDATE ON tasks FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION audit_status();
-"""
 
 
 async def _prepare_burst(url: str, target: HttpTarget) -> None:
     """A flow that calls the target, then writes the row (`now` differs per run)."""
     db = await asyncpg.connect(url)
     try:
-        await db.execute(_AUDIT_SQL)
+        await db.execute(STATUS_AUDIT_SQL)
         await add_flow(
             db,
             rules=[("priority", "=", "high")],
@@ -243,17 +221,17 @@ async def slow_target() -> AsyncIterator[HttpTarget]:
 
 
 async def test_postgres_stopped_for_3_s_mid_burst_loses_and_repeats_nothing(
-    cluster: TemporaryCluster, outage_db_url: str, slow_target: HttpTarget
+    own_cluster: TemporaryCluster, outage_db_url: str, slow_target: HttpTarget
 ) -> None:
     """Every execution SUCCESS, each call and update once, and no call starts while the
     database is down."""
 
     def stop_for_3_s() -> None:
-        cluster.pause()
+        own_cluster.pause()
         stopped[0] = time.monotonic()
         time.sleep(3)
         stopped[1] = time.monotonic()
-        cluster.resume()
+        own_cluster.resume()
 
     stopped = [0.0, 0.0]
     flowd, _, _ = await _burst_across(outage_db_url, slow_target, stop_for_3_s)
@@ -264,9 +242,9 @@ async def test_postgres_stopped_for_3_s_mid_burst_loses_and_repeats_nothing(
 
 
 async def test_a_postgres_restart_mid_burst_loses_and_repeats_nothing(
-    cluster: TemporaryCluster, outage_db_url: str, slow_target: HttpTarget
+    own_cluster: TemporaryCluster, outage_db_url: str, slow_target: HttpTarget
 ) -> None:
-    flowd, _, back_at = await _burst_across(outage_db_url, slow_target, cluster.restart)
+    flowd, _, back_at = await _burst_across(outage_db_url, slow_target, own_cluster.restart)
     await _assert_each_ran_once(outage_db_url, slow_target, flowd)
     arrivals = [request.received_at for request in slow_target.requests_to("/hook")]
     assert [t for t in arrivals if t > back_at], "the burst ended before the restart"

@@ -18,33 +18,14 @@ import pytest
 from flowd.migrate import MIGRATIONS_TABLE, load_migrations
 from tests.conftest import Databases
 from tests.support.flowd_cli import run_flowd
+from tests.support.supabase import API_ROLES, DEFAULT_PRIVILEGES_SQL, ROLES_SQL
 
-API_ROLES = ("anon", "authenticated")
 GRANTS_MIGRATION = "20261203010000_flowd_grants"
 
-_ROLES_SQL = """
-DO $$
-DECLARE
-    name text;
-BEGIN
-    FOREACH name IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = name) THEN
-            EXECUTE format('CREATE ROLE %I NOLOGIN', name);
-        END IF;
-    END LOOP;
-END
-$$;
-"""
-_SUPABASE_PRIVILEGES_SQL = """
-GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public
-    GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public
-    GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
--- The application's own table, created the same way: its grants must stay.
-CREATE TABLE public.notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text);
-"""
+# The application's own table, created after Supabase's default privileges: its grants stay.
+_NOTES_SQL = (
+    "CREATE TABLE public.notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text)"
+)
 
 # Every privilege a role can hold on each kind of object, and the function that asks.
 _HELD_SQL = """
@@ -91,14 +72,15 @@ async def _held(connection: asyncpg.Connection) -> dict[str, set[tuple[str, str]
 @pytest.fixture
 async def supabase_like(databases: Databases) -> AsyncIterator[str]:
     """An empty database with Supabase's roles and default privileges, flowd not yet in it."""
-    await databases.admin(_ROLES_SQL)
+    await databases.admin(ROLES_SQL)
     name = f"flowd_supabase_{os.getpid()}"
     await databases.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     await databases.admin(f"CREATE DATABASE {name} TEMPLATE template0")
     url = databases.url(name)
     connection = await asyncpg.connect(url)
     try:
-        await connection.execute(_SUPABASE_PRIVILEGES_SQL)
+        await connection.execute(DEFAULT_PRIVILEGES_SQL)
+        await connection.execute(_NOTES_SQL)
     finally:
         await connection.close()
     yield url
@@ -148,6 +130,21 @@ async def test_migrate_leaves_the_api_roles_nothing_on_flowds_objects(supabase_l
         assert token_readers == 0
     finally:
         await connection.close()
+
+
+async def test_every_test_database_has_supabases_grants_and_flowds_objects_stay_closed(
+    db: asyncpg.Connection,
+) -> None:
+    """The session's databases (where every other attack test runs) are set up as Supabase
+    sets up a project: the example `tasks` table, created after flowd's migrations, is
+    granted to the API roles by default; flowd's own objects are not."""
+    held = await _held(db)
+    app_objects = {"tasks", "projects"}
+    for role in API_ROLES:
+        assert (role, "table TRUNCATE") in held["tasks"]
+    flowds = {name: privileges for name, privileges in held.items() if name not in app_objects}
+    assert {"flows", "flow_events", MIGRATIONS_TABLE, "flowd_capture()"} <= set(flowds)
+    assert {name: privileges for name, privileges in flowds.items() if privileges} == {}
 
 
 @pytest.mark.parametrize("role", API_ROLES)

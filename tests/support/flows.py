@@ -62,3 +62,16 @@ async def executions(db: asyncpg.Connection) -> list[dict[str, Any]]:
         record["actions"] = json.loads(record["actions"])
         decoded.append(record)
     return decoded
+
+
+# Counts the writes that really changed a task's status, to catch a DB_UPDATE applied twice.
+STATUS_AUDIT_SQL = """
+CREATE TABLE status_writes (task_id bigint NOT NULL, status text);
+CREATE FUNCTION audit_status() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO status_writes VALUES (NEW.id, NEW.status);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER audit_status AFTER UPDATE ON tasks FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION audit_status();
+"""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -14,13 +14,8 @@ from tests.support.http_target import HttpTarget, Reply
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporaryCluster]:
-    pg = TemporaryCluster(tmp_path_factory.mktemp("pg"))
-    pg.start()
-    try:
-        yield pg
-    finally:
-        pg.stop()
+def cluster(own_cluster: TemporaryCluster) -> TemporaryCluster:
+    return own_cluster
 
 
 @pytest.fixture
