@@ -98,6 +98,7 @@ class DurableDaemon(Daemon[LoggedEvent]):
         self._wake = asyncio.Event()
         self._held: set[int] = set()  # claimed here; handled mark not yet written
         self._handled: list[int] = []  # handled; mark not yet written
+        self._marking: set[int] = set()  # handled; mark being written
         self._handled_added = asyncio.Event()
         self._available = app.available
 
@@ -139,7 +140,8 @@ class DurableDaemon(Daemon[LoggedEvent]):
             limit = min(CLAIM_BATCH, self._settings.queue_size - self._pipeline.held)
             self._wake.clear()  # before the claim: a change committed during it wakes us
             try:
-                events = await self._log.claim(limit, self._columns_of)
+                known = self._held | set(self._handled) | self._marking
+                events = await self._log.claim(limit, self._columns_of, known=known)
             except Exception as exc:  # the feed must outlive any failure; the poll goes on
                 self._available.failed(exc, "eventlog.claim_failed", retry_in_s=pause)
                 away = not self._available.up.is_set()
@@ -211,12 +213,15 @@ class DurableDaemon(Daemon[LoggedEvent]):
         batch, self._handled = self._handled, []
         if not batch:
             return True
+        self._marking = set(batch)
         try:
             await self._log.handled(batch)
         except DATABASE_ERRORS as exc:
             self._handled = batch + self._handled
             self._available.failed(exc, "eventlog.mark_failed", retry_in_s=1.0)
             return False
+        finally:
+            self._marking = set()
         self._wake.set()  # the next event of each of these rows may be claimed now
         return True
 

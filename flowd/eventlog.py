@@ -43,7 +43,10 @@ to_char(e.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS c
 _CLAIM_SQL = """
 WITH next AS (
     SELECT e.event_id FROM {log} AS e
-    WHERE e.handled_at IS NULL AND (e.lease_until IS NULL OR e.lease_until < now())
+    WHERE e.handled_at IS NULL
+      AND (e.lease_until IS NULL OR e.lease_until < now()
+           -- leased here but not known here: a claim whose reply an outage lost
+           OR ($4::bigint[] IS NOT NULL AND e.worker = $2 AND e.event_id <> ALL($4::bigint[])))
       AND NOT EXISTS (
           SELECT 1 FROM {log} AS earlier
           WHERE earlier.table_oid = e.table_oid AND earlier.row_key = e.row_key
@@ -132,13 +135,21 @@ class EventLog:
             " ORDER BY event_id FOR UPDATE"
         )
 
-    async def claim(self, limit: int, columns_of: ColumnsOf) -> list[LoggedEvent | UnreadableEvent]:
-        """Up to `limit` events nobody holds, each the earliest pending one of its row."""
+    async def claim(
+        self, limit: int, columns_of: ColumnsOf, *, known: Collection[int] | None = None
+    ) -> list[LoggedEvent | UnreadableEvent]:
+        """Up to `limit` events nobody holds, each the earliest pending one of its row.
+
+        With `known` (every event this worker still holds or is marking handled), events
+        leased to this worker but not in it are claimed again at once: their claim committed
+        but its reply was lost (an outage), and nobody works on them.
+        """
         rows = await self._pool.fetch(
             _CLAIM_SQL.format(log=self._table, columns=_EVENT_COLUMNS),
             limit,
             self.worker,
             self._lease_s,
+            None if known is None else list(known),
         )
         events = [_claimed_event(row, columns_of) for row in rows]
         return sorted(events, key=lambda logged: logged.event_id)

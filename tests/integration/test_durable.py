@@ -154,6 +154,31 @@ async def _equals(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
 
 
+async def test_an_event_leased_here_whose_claim_reply_was_lost_runs_at_once(
+    database_url: str, db: asyncpg.Connection, http_target: HttpTarget
+) -> None:
+    """A claim that committed while its reply was lost (an outage) leaves an event leased to
+    this worker that it does not know of: the next claim takes it at once, not after the
+    lease (an hour here)."""
+    await notify_flow(db, http_target)
+    flowd = await start_durable(database_url, FLOWD_LEASE_S="3600")
+    try:
+        [started] = flowd.logged("eventlog.started")
+        async with db.transaction():  # committed already leased to flowd: it never saw it
+            await db.execute(
+                "INSERT INTO tasks (id, title, priority, status) VALUES (1, 'lost', 'high', 'open')"
+            )
+            await db.execute(
+                "UPDATE flow_events SET worker = $1, lease_until = now() + interval '1 hour'",
+                started["worker"],
+            )
+        await http_target.wait_for_requests("/hook", 1, timeout_s=20)
+        await eventually(lambda: no_pending(db), "every event handled")
+    finally:
+        assert await flowd.stop() == 0
+    assert [row["status"] for row in await executions(db)] == ["SUCCESS"]
+
+
 async def test_kill_9_mid_burst_loses_nothing_and_applies_each_update_once(
     database_url: str, db: asyncpg.Connection, slow_target: HttpTarget
 ) -> None:
