@@ -16,8 +16,8 @@ from bench.generate import Workload
 from bench.naive import BucketedNaive, naive_classify
 from bench.peer import PeerEngine
 from bench.report import Row, Samples, render
-from flowd.classify import build_index, forget_compiled
 from flowd.models import ChangeEvent, Flow
+from flowd.rules.classify import build_index, forget_compiled
 
 __all__ = ["Disagreement", "run"]
 

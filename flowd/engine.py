@@ -30,7 +30,7 @@ from flowd.flows import FlowSet
 from flowd.logs import get_logger
 from flowd.models import ActionOutcome, ChangeEvent, Flow
 from flowd.record import Claim, Recorder, execution_log
-from flowd.reltime import evaluated_at
+from flowd.rules.reltime import evaluated_at
 
 log = get_logger()
 

@@ -26,15 +26,15 @@ import asyncpg
 
 from flowd.app import App
 from flowd.catalog import Table, quote_ident
-from flowd.cron import Clock, SystemClock
 from flowd.db import DATABASE_ERRORS, worker_id
 from flowd.engine import FlowRun
 from flowd.errors import ConfigurationError, describe
 from flowd.flows import FlowSet, ScheduledFlow
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent, Column
-from flowd.reltime import evaluated_at
 from flowd.replay import Summary
+from flowd.rules.cron import Clock, SystemClock
+from flowd.rules.reltime import evaluated_at
 
 log = get_logger()
 

@@ -21,13 +21,13 @@ from flowd import act, template_shape
 from flowd.act.addresses import refused_url_reason
 from flowd.act.templates import strings_in
 from flowd.catalog import Catalog
-from flowd.classify import check_rule_against_columns, compile_flow, needs_old_row
 from flowd.config import Settings
-from flowd.cron import schedule_of
 from flowd.errors import FlowDefinitionError
 from flowd.flows import Loaded
 from flowd.models import Action, Flow
 from flowd.policy import TablePolicy
+from flowd.rules.classify import check_rule_against_columns, compile_flow, needs_old_row
+from flowd.rules.cron import schedule_of
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""flowd.classify against shared/spec/rules.md: every operator, typed reading and corner case."""
+"""flowd.rules.classify against shared/spec/rules.md: every operator, typed reading, corner case."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from flowd.classify import (
+from flowd.errors import FlowDefinitionError
+from flowd.models import ChangeEvent, Flow, Rule
+from flowd.rules.classify import (
     Classification,
     CompiledFlow,
     EventView,
@@ -20,8 +22,6 @@ from flowd.classify import (
     check_rule_against_columns,
     compile_flow,
 )
-from flowd.errors import FlowDefinitionError
-from flowd.models import ChangeEvent, Flow, Rule
 
 FRAMES = Path(__file__).resolve().parents[1] / "fixtures" / "frames"
 

@@ -1,5 +1,5 @@
 """Rules under bounds: MATCHES on RE2 (linear time, refused patterns are definition errors)
-and the limits of flowd.limits on rule values, IN lists and patterns."""
+and the limits of flowd.rules.limits on rule values, IN lists and patterns."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from flowd import limits
-from flowd.classify import check_rule_against_columns, compile_flow
 from flowd.errors import FlowDefinitionError
 from flowd.models import Rule
+from flowd.rules import limits
+from flowd.rules.classify import check_rule_against_columns, compile_flow
 from tests.unit.test_classify import event, holds, make_flow
 
 EVIL_TEXT = "a" * 40 + "!"  # exponential for a backtracking engine on (a+)+$

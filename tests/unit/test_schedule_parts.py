@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from flowd.classify import check_rule_against_columns, compile_flow
 from flowd.cli import parse_args
-from flowd.cron import parse_schedule, schedule_of
 from flowd.errors import ConfigurationError, FlowDefinitionError
 from flowd.flows import prepare
 from flowd.models import ChangeEvent, Flow, Rule, parse_flow
-from flowd.reltime import evaluated_at, parse_relative
+from flowd.rules.classify import check_rule_against_columns, compile_flow
+from flowd.rules.cron import parse_schedule, schedule_of
+from flowd.rules.reltime import evaluated_at, parse_relative
 
 
 def at(hour: int, minute: int, second: int = 0, day: int = 1) -> datetime:

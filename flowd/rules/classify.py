@@ -30,8 +30,10 @@ from decimal import Decimal, InvalidOperation
 from enum import Enum, StrEnum
 from typing import Any, Final, NamedTuple
 
-from flowd import limits
-from flowd.classify_index import (
+from flowd.errors import FlowDefinitionError
+from flowd.models import ChangeEvent, ChangeType, Flow, Rule
+from flowd.rules import limits
+from flowd.rules.index import (
     NOTHING_MATCHED,
     NULL_KEY,
     Bucket,
@@ -44,10 +46,8 @@ from flowd.classify_index import (
     RulePlan,
     Unless,
 )
-from flowd.errors import FlowDefinitionError
-from flowd.models import ChangeEvent, ChangeType, Flow, Rule
-from flowd.pattern import PatternRefused, compile_search
-from flowd.reltime import evaluation_time, parse_relative
+from flowd.rules.pattern import PatternRefused, compile_search
+from flowd.rules.reltime import evaluation_time, parse_relative
 
 __all__ = [
     "Classification",
@@ -808,7 +808,7 @@ class Built(NamedTuple):
 
     check: RuleCheck
     keys: frozenset[Hashable] | None = None  # the index keys it holds on, if only on those
-    inline: Inline | None = None  # the check as an expression (see `flowd.classify_index`)
+    inline: Inline | None = None  # the check as an expression (see `flowd.rules.index`)
     bounds: OrderBounds | None = None  # an order against a fixed value: its bound by kind
     unless: Unless | None = None  # a negation of keys: when it does not hold
 

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import re2
 
-from flowd import limits
+from flowd.rules import limits
 
 Search = Callable[[str], bool]
 """A compiled pattern's test: whether it is found in a text."""

@@ -2,7 +2,7 @@
 (schema, table, change type) are filed so that an event only tries those its values
 select (see `Bucket`).
 
-`flowd.classify` compiles each rule into a `RulePlan` and builds one `Bucket` per
+`flowd.rules.classify` compiles each rule into a `RulePlan` and builds one `Bucket` per
 (schema, table, change type); this module never reads an event's fields itself.
 """
 
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from flowd.models import Flow
 
 if TYPE_CHECKING:
-    from flowd.classify import CompiledFlow, EventView
+    from flowd.rules.classify import CompiledFlow, EventView
 
 __all__ = [
     "NOTHING_MATCHED",
@@ -47,7 +47,7 @@ NULL_KEY: Final = _NullKey()  # the reading key of a null or missing field, equa
 
 FieldRead = Callable[["EventView"], tuple[object, ...]]
 """Reads a field in an event once, keeping the reading in `view.readings` (a `Reading`,
-or for CHANGED* a `ChangeReading`, see `flowd.classify`)."""
+or for CHANGED* a `ChangeReading`, see `flowd.rules.classify`)."""
 
 RuleCheck = Callable[["EventView"], bool | None]
 """One compiled rule: True/False, or None for "false because `old` lacks the field"."""
@@ -457,7 +457,7 @@ class _Source:
 
     def __init__(self, bucket: Bucket) -> None:
         self.bucket = bucket
-        self.namespace = _Namespace(f"<flowd.classify_index: {bucket.name}>")
+        self.namespace = _Namespace(f"<flowd.rules.index: {bucket.name}>")
         self.body = _Body(self.namespace, first_use=False)
 
     def classifier(self) -> BucketClassifier:
