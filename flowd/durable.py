@@ -134,21 +134,23 @@ class DurableDaemon(Daemon[LoggedEvent]):
 
     async def _feed(self) -> None:
         log.info("eventlog.started", worker=self._log.worker)
-        pause = 1.0
+        pause, failed = 1.0, False
         while not self._stopping.is_set():
             await self._pipeline.room()
             limit = min(CLAIM_BATCH, self._settings.queue_size - self._pipeline.held)
             self._wake.clear()  # before the claim: a change committed during it wakes us
             try:
-                known = self._held | set(self._handled) | self._marking
+                # Only a failed claim can have committed unseen: then find what it leased.
+                known = self._held | set(self._handled) | self._marking if failed else None
                 events = await self._log.claim(limit, self._columns_of, known=known)
             except Exception as exc:  # the feed must outlive any failure; the poll goes on
+                failed = True
                 self._available.failed(exc, "eventlog.claim_failed", retry_in_s=pause)
                 away = not self._available.up.is_set()
                 await self._sleep(pause, wake=self._available.up if away else None)
                 pause = min(pause * 2, 30.0)
                 continue
-            pause = 1.0
+            pause, failed = 1.0, False
             for logged in events:
                 if isinstance(logged, UnreadableEvent):
                     await _count_failed_try(self._log, logged.event_id, logged.reason)

@@ -141,8 +141,9 @@ class EventLog:
         """Up to `limit` events nobody holds, each the earliest pending one of its row.
 
         With `known` (every event this worker still holds or is marking handled), events
-        leased to this worker but not in it are claimed again at once: their claim committed
-        but its reply was lost (an outage), and nobody works on them.
+        leased to this worker but not in it are claimed again at once: an earlier claim
+        committed but failed to return (its reply lost in an outage), and nobody works on
+        them. Only after a failed claim: the check costs a scan of `known` per event held.
         """
         rows = await self._pool.fetch(
             _CLAIM_SQL.format(log=self._table, columns=_EVENT_COLUMNS),

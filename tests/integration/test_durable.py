@@ -158,8 +158,8 @@ async def test_an_event_leased_here_whose_claim_reply_was_lost_runs_at_once(
     database_url: str, db: asyncpg.Connection, http_target: HttpTarget
 ) -> None:
     """A claim that committed while its reply was lost (an outage) leaves an event leased to
-    this worker that it does not know of: the next claim takes it at once, not after the
-    lease (an hour here)."""
+    this worker that it does not know of: after the failed claim, the next claim takes it at
+    once, not after the lease (an hour here)."""
     await notify_flow(db, http_target)
     flowd = await start_durable(database_url, FLOWD_LEASE_S="3600")
     try:
@@ -172,6 +172,11 @@ async def test_an_event_leased_here_whose_claim_reply_was_lost_runs_at_once(
                 "UPDATE flow_events SET worker = $1, lease_until = now() + interval '1 hour'",
                 started["worker"],
             )
+        await asyncio.sleep(1.0)  # claims that do not look for it: it stays leased
+        assert http_target.requests_to("/hook") == []
+        await db.execute("ALTER TABLE flow_events RENAME TO flow_events_away")  # a claim fails
+        await flowd.wait_for_log("eventlog.claim_failed")
+        await db.execute("ALTER TABLE flow_events_away RENAME TO flow_events")
         await http_target.wait_for_requests("/hook", 1, timeout_s=20)
         await eventually(lambda: no_pending(db), "every event handled")
     finally:
