@@ -42,6 +42,6 @@ EXPOSE 9464
 STOPSIGNAL SIGTERM
 # Liveness, not readiness: an unreachable Supabase or Postgres must not get flowd restarted.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-m", "flowd.health", "/livez"]
+    CMD ["python", "-m", "flowd.ops.health", "/livez"]
 ENTRYPOINT ["flowd"]
 CMD ["run"]

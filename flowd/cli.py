@@ -14,21 +14,14 @@ import sys
 import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import NoReturn
 
-from flowd import replay
-from flowd.app import configure_logging, load_secrets, open_app
+from flowd.app import configure_logging, load_secrets
+from flowd.commands import migrate, once, run, validate
 from flowd.config import Settings, env_names, load_settings
-from flowd.daemon import RealtimeDaemon
-from flowd.durable import DurableDaemon, drain
 from flowd.errors import ConfigurationError, DatabaseUnreachable
-from flowd.eventlog import CaptureTriggers
 from flowd.logs import get_logger
-from flowd.migrate import migrate
-from flowd.schedule import run_once
 from flowd.secrets import Secrets
-from flowd.validate import validate
 
 COMMANDS = ("run", "migrate", "validate", "demo")
 EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL
@@ -128,85 +121,22 @@ def _check_run_flags(args: argparse.Namespace) -> None:
         raise ConfigurationError("--save-events is for the daemon, not --once")
 
 
-async def _once(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
-    if args.schedule is not None:
-        async with open_app(settings, secrets, database=True) as app:
-            summary = await run_once(app, args.schedule)
-        print(summary.line(), file=sys.stderr)
-        return summary.exit_code
-    if not (args.events or args.failed) and settings.delivery != "durable":
-        raise ConfigurationError(
-            "--once needs --events FILE or --failed"
-            " (or FLOWD_DELIVERY=durable, to drain the pending events of the event log;"
-            " or --schedule FLOW_ID, to run a tick of a scheduled flow)"
-        )
-    needs_database = not (args.dry_run and args.flows)
-    async with open_app(settings, secrets, database=needs_database) as app:
-        if args.dry_run:
-            summary = await replay.dry_run(app, args.events, args.flows)
-        elif args.failed:
-            summary = await replay.rerun_failed(app, since=args.since, flow_id=args.flow)
-        elif args.events is None:
-            summary = await drain(app)
-        else:
-            summary = await replay.replay(app, args.events, args.flows, force=args.force)
-    print(summary.line(), file=sys.stderr)
-    return summary.exit_code
-
-
-async def _daemon(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
-    save_events = Path(args.save_events) if args.save_events else None
-    if settings.delivery == "durable":
-        daemon: type[RealtimeDaemon | DurableDaemon] = DurableDaemon
-    else:
-        settings.require_supabase()
-        daemon = RealtimeDaemon
-    try:
-        async with open_app(settings, secrets, database=True) as app:
-            return await daemon(app, save_events=save_events).run()
-    except DatabaseUnreachable as exc:
-        raise _RetryLater(str(exc)) from None
-
-
-async def _migrate(settings: Settings, secrets: Secrets) -> int:
-    async with open_app(settings, secrets, database=True) as app, app.database.acquire() as conn:
-        applied = await migrate(conn, settings.schema_name)
-    print(
-        f"flowd: {len(applied)} migration(s) applied"
-        + (": " + ", ".join(applied) if applied else "")
-    )
-    return 0
-
-
-async def _validate(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
-    # A flows file is checked against the catalog too, whenever there is a database.
-    database = args.flows is None or settings.database_url is not None
-    async with open_app(settings, secrets, database=database) as app:
-        loaded = await app.flow_definitions(args.flows)
-        captured = None
-        if settings.delivery == "durable" and app.pool is not None and args.flows is None:
-            captured = await CaptureTriggers(app.pool, settings.schema_name).attached()
-        problems = await validate(loaded, app.catalog, settings, captured)
-    for problem in problems:
-        print(problem.line())
-    flawed = len({problem.flow_id for problem in problems if not problem.warning})
-    print(f"flowd: {len(loaded)} flow(s) checked, {flawed} with problems", file=sys.stderr)
-    return 1 if flawed else 0
-
-
 async def _dispatch(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
     if args.command == "demo":
         # Imported here: the demo's local PostgreSQL and HTTP receiver are no daemon's concern.
-        from flowd.demo import run_demo
+        from flowd.commands.demo import run_demo
 
         return await run_demo()
     if args.command == "migrate":
-        return await _migrate(settings, secrets)
+        return await migrate.main(settings, secrets)
     if args.command == "validate":
-        return await _validate(args, settings, secrets)
+        return await validate.main(args, settings, secrets)
     if args.once:
-        return await _once(args, settings, secrets)
-    return await _daemon(args, settings, secrets)
+        return await once.main(args, settings, secrets)
+    try:
+        return await run.main(args, settings, secrets)
+    except DatabaseUnreachable as exc:
+        raise _RetryLater(str(exc)) from None
 
 
 def run_cli(argv: Sequence[str]) -> int:

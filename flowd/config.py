@@ -134,7 +134,7 @@ class Settings(BaseSettings):
         "FLOWD_TEMPLATE_WORKERS", 2, "worker processes rendering non-plain templates", ge=1, le=64
     )
 
-    # Operations: the health/metrics endpoint (flowd.health).
+    # Operations: the health/metrics endpoint (flowd.ops.health).
     http_addr: str = _env(
         "FLOWD_HTTP_ADDR",
         "127.0.0.1:9464",

@@ -4,9 +4,8 @@
 re-read as a safety net, SIGHUP, and the feed's own change notices), the pipeline, and
 the lifecycle: on SIGTERM or SIGINT it stops taking events, lets in-flight work finish
 within FLOWD_SHUTDOWN_TIMEOUT_S, hands what is left to the feed and exits 0.
-`RealtimeDaemon` takes events from Supabase Realtime and records what was cut short or
-never started as FAILURE (so `flowd --once --failed` can run it later); the durable
-feed is in `flowd.durable`.
+The feeds are in `flowd.feeds`: `realtime` (Supabase Realtime) and `durable` (the
+event log).
 """
 
 from __future__ import annotations
@@ -17,33 +16,26 @@ import contextlib
 import json
 from collections.abc import Hashable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
+from typing import IO, Generic, TypeVar
 
-from flowd import metrics
 from flowd.app import App
-from flowd.chain import Cause, OwnWrites
+from flowd.chain import Cause
 from flowd.db import is_outage
 from flowd.engine import Engine
-from flowd.errors import EventError, describe
+from flowd.errors import describe
+from flowd.feeds.schedule import Scheduler, TickRunner
 from flowd.flows import FlowSet
-from flowd.health import Health
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent
+from flowd.ops import metrics
+from flowd.ops.health import Health
+from flowd.ops.signals import handle_signals
+from flowd.ops.supervision import Supervision
 from flowd.pipeline import Pipeline
-from flowd.schedule import Scheduler, TickRunner
-from flowd.service import Supervision
-from flowd.signals import handle_signals
-from flowd.source import parse_event
-
-if TYPE_CHECKING:
-    from flowd.realtime import Binding
 
 log = get_logger()
 
-CONTROL_TABLES = ("flows", "rules", "actions")
 _DEBOUNCE_S = 0.3  # a flow is usually written in several statements
-NOT_STARTED = "not run: flowd stopped before this event was worked on"
-CUT_SHORT = "cut short: flowd stopped before this flow finished"
 
 Item = TypeVar("Item")
 
@@ -236,98 +228,3 @@ class Daemon(abc.ABC, Generic[Item]):
                 yield
             finally:
                 self._saved = None
-
-
-class RealtimeDaemon(Daemon[ChangeEvent]):
-    """Events from Supabase Realtime: at most once, so what is cut short is recorded FAILURE."""
-
-    feed_name = "realtime"
-
-    def __init__(self, app: App, *, save_events: Path | None = None) -> None:
-        super().__init__(app, save_events=save_events)
-        self._control = {(self._settings.schema_name, table) for table in CONTROL_TABLES}
-
-    def _make_engine(self, flow_set: FlowSet) -> Engine:
-        return self._app.engine(flow_set, own_writes=OwnWrites())
-
-    async def _start(self, flow_set: FlowSet) -> None:
-        # Imported here: the Realtime client (websockets, its many pydantic models) takes
-        # megabytes that durable delivery does without.
-        from flowd.realtime import RealtimeSource, Timing
-
-        settings = self._settings
-        url, key = settings.require_supabase()
-        self._source = RealtimeSource(
-            url=url,
-            key=key,
-            sink=self._receive,
-            room=self._pipeline.room,
-            timing=Timing(
-                ready_timeout=settings.realtime_ready_timeout_s,
-                heartbeat=settings.realtime_heartbeat_s,
-                stall=settings.realtime_stall_s,
-                backoff=settings.realtime_backoff_s,
-                max_backoff=settings.realtime_max_backoff_s,
-            ),
-        )
-        self._source.set_bindings(self._bindings(flow_set))
-
-    async def _feed(self) -> None:
-        await self._source.run(self._stopping)
-
-    def _receive(self, data: dict[str, Any]) -> None:
-        """The Realtime callback: only parse and enqueue (never raise, never block)."""
-        if (data.get("schema"), data.get("table")) in self._control:
-            self._reload.set()
-            return
-        try:
-            event = parse_event(data)
-        except EventError as exc:
-            log.error("event.unreadable", error=str(exc))
-            return
-        metrics.event_received(event.commit_timestamp)
-        self._save(event)
-        self._pipeline.put(event)
-
-    async def _work(self, item: ChangeEvent) -> None:
-        await self._handle_waiting_out_outages(item, item)
-
-    def _row_key(self, item: ChangeEvent) -> Hashable:
-        """Events of one row share a key (the table's whole, if its key is unknown)."""
-        table = self._engine.flows.tables.get((item.schema_name, item.table))
-        row = item.old if item.type == "DELETE" else item.new
-        if table is None or not table.primary_key or any(c not in row for c in table.primary_key):
-            return (item.schema_name, item.table)
-        values = tuple(json.dumps(row[column], sort_keys=True) for column in table.primary_key)
-        return (item.schema_name, item.table, values)
-
-    def _watch_health(self, health: Health) -> None:
-        """Every binding is live (flowd's own tables are optional, README step 2)."""
-        optional = {(schema, table) for schema, table in self._control}
-        health.add_check("realtime", lambda: self._source.not_live(optional))
-        metrics.REALTIME_CONNECTED.set_function(lambda: self._source.live.is_set())
-
-    def _bindings(self, flow_set: FlowSet) -> set[Binding]:
-        control = {(schema, table, "*") for schema, table in self._control}
-        return set(flow_set.index.bindings()) | control
-
-    def _request_reload(self) -> None:
-        self._source.retry_rejected()
-        super()._request_reload()
-
-    async def _flows_changed(self, flow_set: FlowSet) -> None:
-        self._source.set_bindings(self._bindings(flow_set))
-
-    async def _finish(self, unfinished: list[ChangeEvent]) -> None:
-        """Record FAILURE for what was cut short or never started, so nothing is lost."""
-        cut_short = await self._app.recorder.abandon(CUT_SHORT, NOT_STARTED)
-        for event in unfinished:
-            try:
-                await self._engine.record_not_started(event, NOT_STARTED)
-            except Exception as exc:  # the database may be gone too; say what was lost
-                log.error("event.lost", change=event.to_wire(), error=repr(exc))
-        log.info(
-            "shutdown.finished",
-            cut_short_executions=cut_short,
-            events_not_finished=len(unfinished),
-        )

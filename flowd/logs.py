@@ -3,7 +3,7 @@
 Every line passes through the redactor, so a secret's value never reaches an operator's
 log, whatever field or exception text carries it; the rendered line is redacted once more,
 last. Tracebacks are plain text, without local variables. Log events also feed the
-metrics (`flowd.metrics.observe`), whatever the log level.
+metrics (`flowd.ops.metrics.observe`), whatever the log level.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from flowd import metrics
+from flowd.ops import metrics
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR

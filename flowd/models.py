@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
-# SCHEDULE: not a change but a row read by a scheduled flow's tick (flowd.schedule).
+# SCHEDULE: not a change but a row read by a scheduled flow's tick (flowd.feeds.schedule).
 ChangeType = Literal["INSERT", "UPDATE", "DELETE", "SCHEDULE"]
 TriggerEvent = Literal["INSERT", "UPDATE", "DELETE", "*", "SCHEDULE"]
 Status = Literal["RUNNING", "SUCCESS", "FAILURE"]

@@ -1,6 +1,6 @@
 """Templates under a budget: no render blocks the event loop or takes unbounded CPU or memory.
 
-A plain template (`flowd.template_shape.is_plain`: lookups, constants, linear filters;
+A plain template (`flowd.act.template_shape.is_plain`: lookups, constants, linear filters;
 nearly every real one) renders in process: its cost is that of reading its inputs. Any
 other renders in a small pool of worker processes (pebble), each with an address-space
 rlimit of its start size plus FLOWD_TEMPLATE_MEMORY_MB, and each render with a deadline of
@@ -23,11 +23,11 @@ from typing import Any
 
 import pebble
 
+from flowd.act.template_shape import is_plain
 from flowd.act.templates import render_action, strings_in
 from flowd.config import Settings
 from flowd.errors import PermanentActionError, describe
 from flowd.logs import get_logger
-from flowd.template_shape import is_plain
 
 OVER_BUDGET = "template exceeded its time/memory budget"
 _CLOSE_WAIT_S = 5.0

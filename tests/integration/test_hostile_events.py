@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from flowd.eventlog import MAX_TRIES
+from flowd.feeds.eventlog import MAX_TRIES
 from tests.conftest import frame
 from tests.integration.test_daemon import start_flowd
 from tests.support.flowd_cli import Finished, RunningFlowd, run_flowd

@@ -109,7 +109,7 @@ async def _healthcheck(address: str, path: str) -> int:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "flowd.health",
+        "flowd.ops.health",
         path,
         env=flowd_env({"FLOWD_HTTP_ADDR": address}),
         stdout=asyncio.subprocess.DEVNULL,

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from flowd.realtime import RealtimeSource, Timing
+from flowd.feeds.realtime_client import RealtimeSource, Timing
 from tests.support.realtime_server import RealtimeStandIn
 
 FAST = Timing(ready_timeout=3, heartbeat=0.3, stall=1.5, backoff=0.05, max_backoff=0.2)

@@ -21,8 +21,8 @@ from structlog.testing import capture_logs
 
 from flowd.app import App, open_app
 from flowd.config import Settings
+from flowd.feeds.schedule import Scheduler, TickRunner
 from flowd.flows import FlowSet
-from flowd.schedule import Scheduler, TickRunner
 from flowd.secrets import Secrets
 from tests.support.flowd_cli import RunningFlowd, run_flowd
 from tests.support.flows import add_flow, executions

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from flowd.errors import EventError
-from flowd.source import MAX_DEPTH, MAX_INTEGER_DIGITS, check_value, decode_json
+from flowd.feeds.events import MAX_DEPTH, MAX_INTEGER_DIGITS, check_value, decode_json
 
 
 def load_json(text: str | bytes) -> Any:

@@ -13,8 +13,8 @@ from flowd.act.templates import template_context
 from flowd.catalog import Column, Table
 from flowd.config import load_settings
 from flowd.errors import ConfigurationError, EventError, PermanentActionError
+from flowd.feeds.events import parse_event
 from flowd.models import ChangeEvent, Flow
-from flowd.source import parse_event
 from tests.conftest import frame
 
 FRAMES = [

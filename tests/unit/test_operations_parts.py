@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import structlog
 
-from flowd import logs, metrics
-from flowd.health import Health, probe_url
+from flowd import logs
 from flowd.logs import get_logger
-from flowd.sdnotify import Notifier
+from flowd.ops import metrics
+from flowd.ops.health import Health, probe_url
+from flowd.ops.sdnotify import Notifier
 
 
 @pytest.fixture

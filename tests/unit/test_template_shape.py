@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from flowd.act.sandbox import OVER_BUDGET, TemplateSandbox
+from flowd.act.template_shape import is_plain, warnings
 from flowd.act.templates import check_syntax, origin_refusal, render_action, render_url
 from flowd.config import load_settings
 from flowd.errors import ConfigurationError, PermanentActionError
-from flowd.template_shape import is_plain, warnings
 
 CPU_BOMBS = [
     "{{ ((9**999)**999)**999 }}",

@@ -1,4 +1,4 @@
-"""`flowd --once`: replay a file of change events (or the events of failed executions).
+"""`flowd --once`: replay an events file, failed executions, or the pending event log.
 
 Events run one after another, in file order, through the same engine as the daemon.
 A bad line is reported with its number and skipped; the exit code says whether
@@ -7,81 +7,51 @@ anything failed.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import IO
 
 from flowd import flows as flow_store
-from flowd.app import App
+from flowd.app import App, open_app
+from flowd.config import Settings
 from flowd.db import worker_id
-from flowd.engine import FlowRun
 from flowd.errors import ConfigurationError
-from flowd.eventlog import EventLog
+from flowd.feeds.durable import drain
+from flowd.feeds.eventlog import EventLog
+from flowd.feeds.files import good_events, open_events
+from flowd.feeds.schedule import run_once
 from flowd.logs import get_logger
-from flowd.models import ChangeEvent
-from flowd.source import read_events
+from flowd.secrets import Secrets
+from flowd.summary import Summary
 
 log = get_logger()
 
 
-@dataclass
-class Summary:
-    events: int = 0
-    bad_lines: int = 0
-    runs: Counter[str] = field(default_factory=Counter)
-    matched: int | None = None  # set by a dry run: events that matched some flow
-    set_aside: int = 0  # durable: poison events set aside (or, with --failed, listed)
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.bad_lines or self.set_aside or self.runs["FAILURE"] else 0
-
-    def add(self, runs: list[FlowRun]) -> None:
-        self.runs.update(run.status for run in runs)
-
-    def line(self) -> str:
-        text = f"flowd: {self.events} event(s)"
-        if self.bad_lines:
-            text += f", {self.bad_lines} bad line(s)"
-        executions = self.runs["SUCCESS"] + self.runs["FAILURE"]
-        if self.matched is not None:
-            return text + f"; {self.matched} matched a flow (dry run: nothing ran)"
-        text += f"; {executions} execution(s): {self.runs['SUCCESS']} SUCCESS"
-        text += f", {self.runs['FAILURE']} FAILURE; {self.runs['SKIPPED']} already ran"
-        if self.set_aside:
-            text += f"; {self.set_aside} event(s) set aside"
-        return text
-
-
-@contextmanager
-def open_events(path: str) -> Iterator[IO[bytes]]:
-    """The events file as bytes: each line is decoded alone (`read_events`)."""
-    if path == "-":
-        yield sys.stdin.buffer
-        return
-    try:
-        stream = Path(path).open("rb")  # noqa: SIM115 - closed below; open errors are ours
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read events file {path}: {exc.strerror}") from None
-    with stream:
-        yield stream
-
-
-def _good_events(stream: IO[bytes], summary: Summary) -> Iterator[tuple[int, ChangeEvent]]:
-    """The events of the stream, counted; bad lines are counted and logged, then skipped."""
-    for line in read_events(stream):
-        if line.event is None:
-            summary.bad_lines += 1
-            log.error("event.bad_line", line=line.number, error=line.error)
-            continue
-        summary.events += 1
-        yield line.number, line.event
+async def main(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
+    if args.schedule is not None:
+        async with open_app(settings, secrets, database=True) as app:
+            summary = await run_once(app, args.schedule)
+        print(summary.line(), file=sys.stderr)
+        return summary.exit_code
+    if not (args.events or args.failed) and settings.delivery != "durable":
+        raise ConfigurationError(
+            "--once needs --events FILE or --failed"
+            " (or FLOWD_DELIVERY=durable, to drain the pending events of the event log;"
+            " or --schedule FLOW_ID, to run a tick of a scheduled flow)"
+        )
+    needs_database = not (args.dry_run and args.flows)
+    async with open_app(settings, secrets, database=needs_database) as app:
+        if args.dry_run:
+            summary = await dry_run(app, args.events, args.flows)
+        elif args.failed:
+            summary = await rerun_failed(app, since=args.since, flow_id=args.flow)
+        elif args.events is None:
+            summary = await drain(app)
+        else:
+            summary = await replay(app, args.events, args.flows, force=args.force)
+    print(summary.line(), file=sys.stderr)
+    return summary.exit_code
 
 
 async def dry_run(app: App, events_path: str, flows_file: str | None) -> Summary:
@@ -90,7 +60,7 @@ async def dry_run(app: App, events_path: str, flows_file: str | None) -> Summary
     summary = Summary()
     matched = 0
     with open_events(events_path) as stream:
-        for number, event in _good_events(stream, summary):
+        for number, event in good_events(stream, summary):
             flow_ids = [flow.flow_id for flow in index.classify(event).flows]
             matched += bool(flow_ids)
             print(json.dumps({"line": number, "flows": flow_ids}), flush=True)
@@ -106,7 +76,7 @@ async def replay(app: App, events_path: str, flows_file: str | None, *, force: b
     engine = app.engine(flows, force=force)
     summary = Summary()
     with open_events(events_path) as stream:
-        for _, event in _good_events(stream, summary):
+        for _, event in good_events(stream, summary):
             summary.add(await engine.handle(event))
     return summary
 

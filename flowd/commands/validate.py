@@ -14,20 +14,26 @@ A SCHEDULE flow: its cron expression and time zone read, its table has a primary
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flowd import act, template_shape
+from flowd import act
+from flowd.act import template_shape
 from flowd.act.addresses import refused_url_reason
 from flowd.act.templates import strings_in
+from flowd.app import open_app
 from flowd.catalog import Catalog
 from flowd.config import Settings
 from flowd.errors import FlowDefinitionError
+from flowd.feeds.eventlog import CaptureTriggers
 from flowd.flows import Loaded
 from flowd.models import Action, Flow
 from flowd.policy import TablePolicy
 from flowd.rules.classify import check_rule_against_columns, compile_flow, needs_old_row
 from flowd.rules.cron import schedule_of
+from flowd.secrets import Secrets
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +93,7 @@ def _action_label(action: Action, index: int) -> str:
 
 
 def template_warnings(flow: Flow) -> list[str]:
-    """Templates whose cost may have no bound (`flowd.template_shape.warnings`)."""
+    """Templates whose cost may have no bound (`flowd.act.template_shape.warnings`)."""
     found = []
     for index, action in enumerate(flow.ordered_actions):
         for source in strings_in(action.config):
@@ -160,3 +166,19 @@ async def validate(
             Problem(item.flow_id, item.name, text, warning=True) for text in template_warnings(item)
         ]
     return problems
+
+
+async def main(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
+    # A flows file is checked against the catalog too, whenever there is a database.
+    database = args.flows is None or settings.database_url is not None
+    async with open_app(settings, secrets, database=database) as app:
+        loaded = await app.flow_definitions(args.flows)
+        captured = None
+        if settings.delivery == "durable" and app.pool is not None and args.flows is None:
+            captured = await CaptureTriggers(app.pool, settings.schema_name).attached()
+        problems = await validate(loaded, app.catalog, settings, captured)
+    for problem in problems:
+        print(problem.line())
+    flawed = len({problem.flow_id for problem in problems if not problem.warning})
+    print(f"flowd: {len(loaded)} flow(s) checked, {flawed} with problems", file=sys.stderr)
+    return 1 if flawed else 0

@@ -5,7 +5,7 @@ than merely not answer. Readiness is a set of named checks, each a callable retu
 None when all is well or a reason; an event source registers its own. The checks run
 on the event loop (in the heartbeat), the HTTP thread only reads their last result.
 
-`python -m flowd.health [/livez|/readyz]` asks a running flowd (FLOWD_HTTP_ADDR) and exits
+`python -m flowd.ops.health [/livez|/readyz]` asks a running flowd (FLOWD_HTTP_ADDR) and exits
 0 or 1: the container's HEALTHCHECK, which has no curl in a slim image.
 """
 
@@ -24,9 +24,9 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from flowd import metrics
 from flowd.errors import ConfigurationError, describe
 from flowd.logs import get_logger
+from flowd.ops import metrics
 
 log = get_logger()
 

@@ -1,6 +1,6 @@
 """Durable delivery: `flowd run` and `flowd --once` with FLOWD_DELIVERY=durable.
 
-Events come from the event log (`flowd.eventlog`), where a trigger wrote them in the
+Events come from the event log (`flowd.feeds.eventlog`), where a trigger wrote them in the
 changing transaction, so nothing committed is lost while flowd, the network or
 Realtime is down. The daemon claims events in batches under a lease, hands them to the
 pipeline (in order per row), and marks each handled once the engine is done with it;
@@ -23,14 +23,13 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from flowd import metrics
 from flowd.app import App
 from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT
 from flowd.daemon import Daemon
 from flowd.db import DATABASE_ERRORS, is_outage, worker_id
 from flowd.engine import Engine
 from flowd.errors import ExecutionTakenOver, describe
-from flowd.eventlog import (
+from flowd.feeds.eventlog import (
     MAX_TRIES,
     CaptureTriggers,
     ColumnsOf,
@@ -39,12 +38,13 @@ from flowd.eventlog import (
     UnreadableEvent,
 )
 from flowd.flows import FlowSet
-from flowd.health import Health
 from flowd.logs import get_logger
 from flowd.models import Column
+from flowd.ops import metrics
+from flowd.ops.health import Health
 from flowd.pipeline import Pipeline
 from flowd.record import GroupWriter
-from flowd.replay import Summary
+from flowd.summary import Summary
 
 log = get_logger()
 

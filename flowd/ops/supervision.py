@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 
 from flowd.config import Settings
-from flowd.health import Address, Health
 from flowd.logs import get_logger
-from flowd.sdnotify import Notifier
+from flowd.ops.health import Address, Health
+from flowd.ops.sdnotify import Notifier
 
 log = get_logger()
 

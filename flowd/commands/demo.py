@@ -25,9 +25,9 @@ import asyncpg
 
 from flowd.app import open_app
 from flowd.config import Settings
-from flowd.durable import DurableDaemon
 from flowd.errors import ConfigurationError
-from flowd.eventlog import EventLog, LoggedEvent
+from flowd.feeds.durable import DurableDaemon
+from flowd.feeds.eventlog import EventLog, LoggedEvent
 from flowd.local_postgres import TemporaryCluster, find_pg_bin
 from flowd.migrate import migrate
 from flowd.secrets import Secrets

@@ -32,9 +32,9 @@ from flowd.errors import ConfigurationError, describe
 from flowd.flows import FlowSet, ScheduledFlow
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent, Column
-from flowd.replay import Summary
 from flowd.rules.cron import Clock, SystemClock
 from flowd.rules.reltime import evaluated_at
+from flowd.summary import Summary
 
 log = get_logger()
 

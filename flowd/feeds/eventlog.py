@@ -24,9 +24,9 @@ from flowd.catalog import Table, quote_ident
 from flowd.chain import EXTERNAL, Cause
 from flowd.db import Connection
 from flowd.errors import EventError, describe
+from flowd.feeds.events import decode_json, parse_event
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent, Column
-from flowd.source import decode_json, parse_event
 
 log = get_logger()
 
@@ -262,7 +262,7 @@ def _claimed_event(row: asyncpg.Record, columns_of: ColumnsOf) -> LoggedEvent | 
 
 
 def _logged_event(row: asyncpg.Record, columns_of: ColumnsOf) -> LoggedEvent:
-    """The event of a log row, under the limits of every feed (`flowd.source`)."""
+    """The event of a log row, under the limits of every feed (`flowd.feeds.events`)."""
     schema, table = row["schema_name"], row["table_name"]
     event = parse_event(
         {

@@ -1,0 +1,1 @@
+"""Running flowd as a service: health and metrics endpoint, systemd notify, signals."""
