@@ -24,11 +24,10 @@ import structlog
 from flowd.act import ActionRunner, Journal, RowsWritten
 from flowd.catalog import Table, quote_ident
 from flowd.chain import EXTERNAL, Cause, OwnWrites
-from flowd.db import Connection
 from flowd.errors import ExecutionTakenOver
 from flowd.flows import FlowSet
 from flowd.logs import get_logger
-from flowd.models import ActionOutcome, ChangeEvent, Flow
+from flowd.models import ChangeEvent, Flow
 from flowd.record import Claim, Recorder, execution_log
 from flowd.rules.reltime import evaluated_at
 
@@ -226,17 +225,7 @@ class Engine:
     def _journal(self, claim: Claim, cause: Cause, flow: Flow) -> Journal | None:
         if not self._durable:
             return None
-        recorder, execution_id = self._recorder, claim.execution_id
-        written_by = cause.then(flow.flow_id)
-
-        async def record(index: int, outcome: ActionOutcome, connection: Connection | None) -> bool:
-            return await recorder.progress(execution_id, index, outcome, connection)
-
-        return Journal(
-            claim.done,
-            record,
-            written_by.to_json(),
-        )
+        return self._recorder.journal(claim, cause.then(flow.flow_id))
 
     def _remembering(self, cause: Cause, flow: Flow) -> RowsWritten | None:
         own_writes = self._own_writes

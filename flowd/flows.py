@@ -68,7 +68,7 @@ class FlowSet:
     """
 
     index: FlowIndex
-    actions: Mapping[int, tuple[act.PreparedAction, ...]]
+    actions: Mapping[int, tuple[act.PreparedAction[Any], ...]]
     refused: tuple[FlowDefinitionError, ...] = ()
     by_id: Mapping[int, Flow] = field(default_factory=dict)
     tables: Mapping[tuple[str, str], Table] = field(default_factory=dict)  # trigger tables
@@ -177,7 +177,7 @@ async def require_stored(
 
 async def _compile(
     flow: Flow, catalog: Catalog | None, previous: FlowSet | None, policy: TablePolicy
-) -> tuple[CompiledFlow, tuple[act.PreparedAction, ...]]:
+) -> tuple[CompiledFlow, tuple[act.PreparedAction[Any], ...]]:
     if (refusal := policy.trigger_refusal(*flow.table_ref)) is not None:
         raise FlowDefinitionError(flow.flow_id, "trigger_table", refusal)
     if flow.is_scheduled:
@@ -188,7 +188,7 @@ async def _compile(
     if previous is None or known is None or known.flow != flow:
         return compile_flow(flow), await act.prepare(flow, catalog, policy)
     prepared = previous.actions[flow.flow_id]
-    if any(isinstance(p.config, act.db_update.DbUpdateConfig) for p in prepared):
+    if any(p.kind.needs_database for p in prepared):
         # Checked again: its table may have changed, and the schemas it may write with it.
         prepared = await act.prepare(flow, catalog, policy)
     return known, prepared
@@ -217,7 +217,7 @@ async def prepare(
     )
     refused: list[FlowDefinitionError] = []
     compiled: list[CompiledFlow] = []
-    actions: dict[int, tuple[act.PreparedAction, ...]] = {}
+    actions: dict[int, tuple[act.PreparedAction[Any], ...]] = {}
     for item in loaded:
         if isinstance(item, Flow) and not item.is_enabled:
             continue
@@ -258,7 +258,7 @@ async def prepare(
 
 def _refused(
     problem: FlowDefinitionError, previous: FlowSet | None
-) -> tuple[CompiledFlow, tuple[act.PreparedAction, ...]] | None:
+) -> tuple[CompiledFlow, tuple[act.PreparedAction[Any], ...]] | None:
     """Log the refusal; the flow's last good definition, which keeps running, if any."""
     last_good = previous.compiled.get(problem.flow_id) if previous else None
     log.error(

@@ -21,6 +21,7 @@ import asyncpg
 from pydantic import TypeAdapter
 
 from flowd.catalog import quote_ident
+from flowd.chain import Cause
 from flowd.db import Connection, is_outage
 from flowd.models import ActionOutcome, ChangeEvent, Flow, Status
 from flowd.outage import Availability
@@ -46,6 +47,21 @@ class Claim:
     execution_id: int
     done: tuple[ActionOutcome, ...] = ()
     run: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionJournal:
+    """What an earlier run of an execution finished, and each action recorded as it finishes."""
+
+    recorder: Recorder
+    execution_id: int
+    done: tuple[ActionOutcome, ...]
+    cause: str  # JSON (`flowd.chain.Cause`), for the capture trigger where a DB_UPDATE writes
+
+    async def record(
+        self, index: int, outcome: ActionOutcome, connection: Connection | None
+    ) -> bool:
+        return await self.recorder.progress(self.execution_id, index, outcome, connection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +311,10 @@ class Recorder:
             claimed.get(request.identity) if first[request.identity] == index else None
             for index, request in enumerate(requests)
         ]
+
+    def journal(self, claim: Claim, written_by: Cause) -> ExecutionJournal:
+        """The journal (`flowd.act.Journal`) of a durable execution claimed here."""
+        return ExecutionJournal(self, claim.execution_id, claim.done, written_by.to_json())
 
     async def progress(
         self,

@@ -9,17 +9,24 @@ already right writes nothing and raises no new change event.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from flowd.act.base import ActionConfig, Checked, Done, Journal, Step
 from flowd.catalog import Catalog, Table, quote_ident
+from flowd.config import Settings
 from flowd.db import Connection, is_outage
-from flowd.errors import PermanentActionError, TransientActionError, describe
+from flowd.errors import (
+    ExecutionTakenOver,
+    PermanentActionError,
+    TransientActionError,
+    describe,
+)
 from flowd.models import ChangeEvent, Flow, table_ref
 from flowd.policy import TablePolicy
 
@@ -27,10 +34,11 @@ _TRANSIENT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 _ROW = "flowd_row"  # the alias of the updated table, so RETURNING can name the whole row
 
 
-class DbUpdateConfig(BaseModel):
+class DbUpdateConfig(ActionConfig):
     """`{"table", "field", "value"}` (seed form) or `{"table", "set", "where"?}`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    templated: ClassVar[tuple[str, ...]] = ("value", "set_", "where")
 
     table: str = Field(min_length=1)
     field: str | None = None
@@ -59,7 +67,7 @@ class DbUpdateConfig(BaseModel):
 
 async def target(
     config: DbUpdateConfig, flow: Flow, catalog: Catalog | None, policy: TablePolicy | None
-) -> tuple[Table | None, str | None]:
+) -> Checked:
     """The catalog's table this update writes, and why it cannot work (None if it can).
 
     The policy (where a DB_UPDATE may write) is checked first, without a catalog too
@@ -173,3 +181,60 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
     (`db.is_outage`), for the caller to wait out."""
     async with pool.acquire() as connection, connection.transaction():
         yield connection
+
+
+class DbUpdate:
+    """The DB_UPDATE kind (`flowd.act.base.ActionKind`).
+
+    In a durable execution the write and the journal record that it ran commit in one
+    transaction, so it takes effect once. An outage meets it with both rolled back: it
+    waits the outage out and runs again, without using up an attempt.
+    """
+
+    config_model = DbUpdateConfig
+    needs_database = True
+    needs_supabase = False
+    journalled_with_write = True
+
+    async def check(
+        self,
+        config: DbUpdateConfig,
+        flow: Flow,
+        catalog: Catalog | None,
+        policy: TablePolicy | None,
+    ) -> Checked:
+        return await target(config, flow, catalog, policy)
+
+    def settings_problem(self, written: Mapping[str, Any], settings: Settings) -> str | None:
+        return None  # where it may write is `check`'s (the policy comes from the settings)
+
+    async def attempt(self, config: DbUpdateConfig, step: Step) -> Done:
+        pool, table, journal = step.tools.pool, step.prepared.table, step.journal
+        if pool is None or table is None:
+            raise PermanentActionError("DB_UPDATE needs a database (DATABASE_URL)")
+        update = build_update(config, table, step.event)
+        available = step.tools.available
+        if journal is None:
+            rows = await available.until_done(lambda: execute(pool, update))
+            done = Done(rows_written=len(rows), rows=rows)
+        else:
+            done = await available.until_done(
+                lambda: _update_and_record(pool, update, journal, step)
+            )
+        if step.on_written is not None and done.rows_written:
+            step.on_written(table, update.columns, done.rows)
+        return done
+
+
+async def _update_and_record(
+    pool: asyncpg.Pool, update: Update, journal: Journal, step: Step
+) -> Done:
+    """The write and the record that it ran, in one transaction: it happens once."""
+    async with transaction(pool) as connection:
+        await set_cause(connection, step.tools.settings.schema_name, journal.cause)
+        rows = await execute(connection, update)
+        done = Done(rows_written=len(rows), rows=rows)
+        outcome = step.outcome(done)
+        if not await journal.record(step.index, outcome, connection):
+            raise ExecutionTakenOver()
+    return Done(rows_written=len(rows), rows=rows, outcome=outcome)

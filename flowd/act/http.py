@@ -1,14 +1,14 @@
-"""HTTP actions: API_CALL (any webhook) and FUNCTION_CALL (a Supabase Edge Function).
+"""What the HTTP actions share (API_CALL, FUNCTION_CALL): config, request, client, send.
 
-Both render their config into one `HttpRequest`, sent with the shared aiohttp session
-(`open_session`). The answer decides: 2xx succeeds; 408, 429, 5xx, timeouts and
+Each renders its config into one `HttpRequest`, sent with the shared aiohttp session
+(`open_session`) by `deliver`. The answer decides: 2xx succeeds; 408, 429, 5xx, timeouts and
 connection errors are transient (retried); any other status is permanent.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,15 +18,14 @@ from typing import Any
 from urllib.request import getproxies
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
 from flowd import __version__
 from flowd.act.addresses import AddressPolicy, PolicyResolver, refusing_middleware
+from flowd.act.base import ActionConfig, Done, Step
 from flowd.errors import PermanentActionError, TransientActionError, describe
-from flowd.models import ChangeEvent, Flow
+from flowd.models import Action, ChangeEvent, Flow
 
-METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
-FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _ERROR_BODY_CHARS = 200
 _EXCERPT_BYTES = _ERROR_BODY_CHARS * 4  # enough for 200 characters of UTF-8
 # A rest of the body up to this size is read and dropped, so the connection is reused;
@@ -36,30 +35,12 @@ _DRAIN_BYTES = 1 << 20
 JsonBody = str | dict[str, Any] | list[Any] | None
 
 
-class _HttpConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class HttpConfig(ActionConfig):
+    """What every HTTP action's config has."""
 
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_s: float | None = Field(None, gt=0, le=600)
     max_attempts: int | None = Field(None, ge=1, le=100)
-
-
-class ApiCallConfig(_HttpConfig):
-    url: str = Field(min_length=1)
-    method: str = "POST"
-    body: JsonBody = None
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, method: str) -> str:
-        if method.upper() not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}")
-        return method.upper()
-
-
-class FunctionCallConfig(_HttpConfig):
-    function_name: str = Field(pattern=FUNCTION_NAME.pattern)
-    params: JsonBody = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +80,7 @@ def _encode_body(body: Any, headers: dict[str, str]) -> bytes | None:
     return json.dumps(body, default=str).encode()
 
 
-def _request(
+def build_request(
     method: str,
     url: str,
     headers: dict[str, str],
@@ -117,22 +98,22 @@ def _request(
     return HttpRequest(method, url, headers, _encode_body(payload, headers))
 
 
-def api_call_request(config: ApiCallConfig, event: ChangeEvent, flow: Flow) -> HttpRequest:
-    """The request of an API_CALL whose config was rendered (`flowd.act.rendering`)."""
-    return _request(config.method, config.url, config.headers, config.body, event, flow)
+def idempotency_key(event: ChangeEvent, flow: Flow, action: Action, index: int) -> str:
+    """The same for every run of this action for this event (receivers drop repeats)."""
+    action_ref = action.action_id if action.action_id is not None else f"#{index}"
+    identity = f"{event.key}:{flow.flow_id}:{action_ref}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
-def function_call_request(
-    config: FunctionCallConfig,
-    event: ChangeEvent,
-    flow: Flow,
-    *,
-    supabase_url: str,
-    service_role_key: str,
-) -> HttpRequest:
-    url = f"{supabase_url}/functions/v1/{config.function_name}"
-    key = {"Authorization": f"Bearer {service_role_key}"}
-    return _request("POST", url, config.headers, config.params, event, flow, key)
+async def deliver(request: HttpRequest, config: HttpConfig, step: Step) -> Done:
+    """One attempt of an HTTP action: `request` sent with its `Idempotency-Key` (unless
+    the flow set one) and its timeout (the config's, else FLOWD_ACTION_TIMEOUT_S)."""
+    if not any(name.lower() == "idempotency-key" for name in request.headers):
+        key = idempotency_key(step.event, step.flow, step.prepared.action, step.index)
+        request.headers["Idempotency-Key"] = key
+    tools = step.tools
+    timeout = config.timeout_s or tools.settings.action_timeout_s
+    return Done(http_status=await send(tools.http, request, timeout))
 
 
 def retry_after_seconds(value: str | None) -> float | None:

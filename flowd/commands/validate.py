@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from flowd import act
 from flowd.act import template_shape
-from flowd.act.addresses import refused_url_reason
 from flowd.act.templates import strings_in
 from flowd.app import open_app
 from flowd.catalog import Catalog
@@ -102,16 +101,30 @@ def template_warnings(flow: Flow) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _address_problems(flow: Flow, settings: Settings) -> list[str]:
-    """An API_CALL whose literal URL host is a refused address (flowd.act.addresses)."""
+def _settings_problems(flow: Flow, settings: Settings) -> list[str]:
+    """Actions that cannot work as written with these settings (`ActionKind.settings_problem`:
+    an API_CALL whose literal URL host is a refused address, flowd.act.addresses)."""
     problems = []
     for index, action in enumerate(flow.ordered_actions):
-        url = action.config.get("url")
-        if action.type.upper() != "API_CALL" or not isinstance(url, str):
-            continue
-        if reason := refused_url_reason(url, settings):
-            problems.append(f"{_action_label(action, index)}: url: {reason}")
+        kind = act.kind_of(action)
+        if kind is not None and (problem := kind.settings_problem(action.config, settings)):
+            problems.append(f"{_action_label(action, index)}: {problem}")
     return problems
+
+
+def _supabase_problems(flow: Flow, settings: Settings) -> list[str]:
+    """Action types that call Supabase, in a flow that runs without SUPABASE_URL."""
+    if settings.supabase_url is not None:
+        return []
+    needing = (
+        action.type.upper()
+        for action in flow.actions
+        if (kind := act.kind_of(action)) is not None and kind.needs_supabase
+    )
+    return [
+        f"{name} needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"
+        for name in dict.fromkeys(needing)
+    ]
 
 
 async def validate(
@@ -154,13 +167,10 @@ async def validate(
             await act.prepare(item, catalog, policy.watching([item]))
         except FlowDefinitionError as exc:
             texts.append(f"{exc.where}: {exc.reason}")
-        texts += _address_problems(item, settings)
+        texts += _settings_problems(item, settings)
         if catalog is not None and refusal is None:
             texts += await _table_problems(item, catalog, settings, captured)
-        if settings.supabase_url is None and any(
-            action.type.upper() == "FUNCTION_CALL" for action in item.actions
-        ):
-            texts.append("FUNCTION_CALL needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
+        texts += _supabase_problems(item, settings)
         problems += [Problem(item.flow_id, item.name, text) for text in texts]
         problems += [
             Problem(item.flow_id, item.name, text, warning=True) for text in template_warnings(item)
