@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import asyncpg
+from structlog.typing import FilteringBoundLogger
 
 from flowd.act.base import Done, Journal, PreparedAction, RowsWritten, Step, Tools
 from flowd.act.rendering import render_config
@@ -39,6 +41,17 @@ class _FlowRun:
     context: dict[str, Any]  # the templates' names
     on_written: RowsWritten | None
     journal: Journal | None
+
+    def step(
+        self,
+        prepared: PreparedAction[Any],
+        index: int,
+        tools: Tools,
+        outcome: Callable[[Done], ActionOutcome],
+    ) -> Step:
+        return Step(
+            self.flow, self.event, prepared, index, self.journal, self.on_written, tools, outcome
+        )
 
 
 class ActionRunner:
@@ -111,16 +124,7 @@ class ActionRunner:
         def outcome_of(done: Done) -> ActionOutcome:
             return self._outcome(action, attempts, started, done)
 
-        step = Step(
-            run.flow,
-            run.event,
-            prepared,
-            index,
-            run.journal,
-            run.on_written,
-            self._tools,
-            outcome_of,
-        )
+        step = run.step(prepared, index, self._tools, outcome_of)
 
         async def attempt(number: int) -> Done:
             nonlocal attempts
@@ -156,15 +160,7 @@ class ActionRunner:
             if done.outcome is not None
             else self._outcome(action, attempts, started, done, error)
         )
-        bound.log(
-            20 if outcome.ok else 40,
-            "action.finished" if outcome.ok else "action.failed",
-            attempt=outcome.attempts,
-            duration_ms=outcome.duration_ms,
-            http_status=outcome.http_status,
-            rows_written=outcome.rows_written,
-            error=outcome.error,
-        )
+        _log_outcome(bound, outcome)
         return outcome
 
     def _outcome(
@@ -185,3 +181,15 @@ class ActionRunner:
             rows_written=done.rows_written,
             error=self._secrets.redact(str(error)) if error else None,
         )
+
+
+def _log_outcome(bound: FilteringBoundLogger, outcome: ActionOutcome) -> None:
+    bound.log(
+        20 if outcome.ok else 40,
+        "action.finished" if outcome.ok else "action.failed",
+        attempt=outcome.attempts,
+        duration_ms=outcome.duration_ms,
+        http_status=outcome.http_status,
+        rows_written=outcome.rows_written,
+        error=outcome.error,
+    )
