@@ -41,6 +41,7 @@ from realtime.types import (
     RealtimePostgresChangesListenEvent,
 )
 
+from flowd.backoff import Backoff
 from flowd.catalog import REALTIME_PUBLICATION, quote_ident
 from flowd.errors import describe
 from flowd.logs import get_logger
@@ -316,7 +317,7 @@ class RealtimeSource:
         twice; the execution claim makes that harmless).
         """
         current: _Session | None = None
-        failures = 0
+        backoff = Backoff(self._timing.backoff, self._timing.max_backoff)
         try:
             while not stopping.is_set():
                 self._changed.clear()
@@ -341,22 +342,18 @@ class RealtimeSource:
                     await self._retire(current)
                     current = None
                     if time.monotonic() - opened_at > _HEALTHY_AFTER_S:
-                        failures = 0
+                        backoff.reset()
                 else:
                     await session.close()
                 if self._take_rejections(session):
                     continue
-                failures += 1
-                delay = self._delay(failures)
+                ceiling = backoff.next()
+                delay = random.uniform(ceiling / 2, ceiling)
                 log.warning("realtime.rebuilding", reason=reason, retry_in_s=round(delay, 2))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(_first(stopping.wait(), self._changed.wait()), delay)
         finally:
             await self._retire(current)
-
-    def _delay(self, failures: int) -> float:
-        ceiling = min(self._timing.max_backoff, self._timing.backoff * 2 ** (failures - 1))
-        return random.uniform(ceiling / 2, ceiling)
 
     def _new_session(self, bindings: frozenset[Binding]) -> _Session:
         self._generation += 1
