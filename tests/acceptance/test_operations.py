@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_daemon import SERVICE_KEY, hook, insert_task, start_flowd
+from tests.acceptance.test_daemon import SERVICE_KEY, hook, insert_task, start_flowd
 from tests.support.flowd_cli import RunningFlowd, flowd_env, run_flowd
 from tests.support.flows import add_flow, executions
 from tests.support.http_target import HttpTarget, Reply
