@@ -148,9 +148,11 @@ class _Client(AsyncRealtimeClient):
             and isinstance(payload.get("ids"), list)
         ):
             return False
+        # A frame without a topic (None) finds no channel, as an unknown topic does.
         channel = self.channels.get(frame.get("topic"))  # type: ignore[arg-type]
         try:
             for callback in channel.postgres_changes_callbacks if channel else ():
+                # The frame's payload as checked above; the client's type names its own model.
                 callback(payload)  # type: ignore[arg-type]
         except Exception:
             log.exception("realtime.dispatch_failed", topic=frame.get("topic"))
