@@ -26,7 +26,8 @@ from flowd.models import ActionOutcome, ChangeEvent, Flow, Status
 from flowd.outage import Availability
 
 # The statements, named; `{table}` is the schema-qualified `flow_executions`, filled in
-# once per Recorder (the schema is a setting).
+# once per Recorder (the schema is a setting). Kept here, not in a .sql file: the code
+# that binds their `$n` parameters is in this module, and no file needs reading or shipping.
 
 # The execution failed, or has been RUNNING longer than any run can take (the parameter
 # `{seconds}`): its process died (kill -9, power loss) before recording an outcome.
@@ -97,6 +98,7 @@ _ABANDON = (
     " WHERE execution_id = ANY($1::bigint[]) AND status = 'RUNNING'"
 )
 
+# --failed: the executions to run again, oldest first, since a time and of one flow if asked.
 _SELECT_FAILED = (
     "SELECT execution_id, flow_id, event FROM {table} WHERE "
     + _RERUNNABLE.format(seconds="$1")
