@@ -259,43 +259,52 @@ def same_json(left: Any, right: Any) -> bool:
 # --------------------------------------------------------------------------- rules and flows
 
 
+Check = Callable[[Any, str | None, str], bool | None]
+# The operators read as a three-valued check of the value, and the verdict that makes each hold.
+_VERDICTS: dict[str, tuple[Check, bool]] = {
+    "=": (equals, True),
+    "!=": (equals, False),
+    "CONTAINS": (contains, True),
+    "NOT_CONTAINS": (contains, False),
+    "IN": (is_in, True),
+    "NOT_IN": (is_in, False),
+}
+_TEXT_TESTS: dict[str, Callable[[str, str], bool]] = {
+    "STARTS_WITH": str.startswith,
+    "ENDS_WITH": str.endswith,
+    "MATCHES": lambda value, text: re.search(text, value) is not None,
+}
+
+
 def rule_holds(rule: Rule, event: ChangeEvent) -> bool:
     operator = rule.operator.strip().upper()
     operator = {"==": "=", "<>": "!="}.get(operator, operator)
     text = rule.value or ""
     if operator in {"CHANGED", "CHANGED_TO", "CHANGED_FROM"}:
-        if not changed(event, rule.field):
-            return False
-        if operator == "CHANGED":
-            return True
-        field = rule.field.split(".", 1)[1] if rule.field.startswith(("old.", "new.")) else None
-        name = field or rule.field
-        prefix = "old." if operator == "CHANGED_FROM" else "new."
-        return equals(*lookup(event, prefix + name), text) is True
+        return _change_holds(rule.field, operator, text, event)
     value, typname = lookup(event, rule.field)
-    if operator == "IS_NULL":
-        return value is None or value is MISSING
-    if operator == "IS_NOT_NULL":
-        return not (value is None or value is MISSING)
-    if operator in {"=", "!="}:
-        verdict = equals(value, typname, text)
-        return verdict is True if operator == "=" else verdict is False
+    if operator in {"IS_NULL", "IS_NOT_NULL"}:
+        return (value is None or value is MISSING) == (operator == "IS_NULL")
+    if operator in _VERDICTS:
+        check, holds = _VERDICTS[operator]
+        return check(value, typname, text) is holds
     if operator in {">", "<", ">=", "<="}:
         return ordered(value, typname, text, operator)
-    if operator in {"CONTAINS", "NOT_CONTAINS"}:
-        verdict = contains(value, typname, text)
-        return verdict is True if operator == "CONTAINS" else verdict is False
-    if operator in {"IN", "NOT_IN"}:
-        verdict = is_in(value, typname, text)
-        return verdict is True if operator == "IN" else verdict is False
-    is_text = type_of(value, typname) == "text" and isinstance(value, str)
-    if operator == "STARTS_WITH":
-        return is_text and value.startswith(text)
-    if operator == "ENDS_WITH":
-        return is_text and value.endswith(text)
-    if operator == "MATCHES":
-        return is_text and re.search(text, value) is not None
+    if operator in _TEXT_TESTS:
+        is_text = type_of(value, typname) == "text" and isinstance(value, str)
+        return is_text and _TEXT_TESTS[operator](value, text)
     raise ValueError(f"unknown operator {rule.operator!r}")
+
+
+def _change_holds(field: str, operator: str, text: str, event: ChangeEvent) -> bool:
+    """CHANGED, and CHANGED_TO / CHANGED_FROM: changed, and the new / old value is `text`."""
+    if not changed(event, field):
+        return False
+    if operator == "CHANGED":
+        return True
+    bare = field.split(".", 1)[1] if field.startswith(("old.", "new.")) else ""
+    prefix = "old." if operator == "CHANGED_FROM" else "new."
+    return equals(*lookup(event, prefix + (bare or field)), text) is True
 
 
 def sees(flow: Flow, event: ChangeEvent) -> bool:

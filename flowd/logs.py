@@ -93,6 +93,7 @@ def configure(
             structlog.processors.format_exc_info,  # plain traceback, no local variables
             _redacting(redact),
             renderer,
+            # After the renderer: it gets the rendered line, which structlog's type does not know.
             _redacting_line(redact),  # type: ignore[list-item]
         ],
         # Info events reach the processors at any level: they feed the metrics.

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from flowd.backoff import Backoff
 from flowd.db import is_outage
 from flowd.errors import describe
 from flowd.logs import get_logger
@@ -84,14 +85,13 @@ class Availability:
                 self.mark_lost(exc)
 
     async def _probe_until_back(self) -> None:
-        pause = _FIRST_PROBE_S
+        pauses = Backoff(_FIRST_PROBE_S, _MAX_PROBE_PAUSE_S)
         while True:
-            await asyncio.sleep(pause)
+            await asyncio.sleep(pauses.next())
             try:
                 await self._probe()
             except Exception as exc:
                 if is_outage(exc):
-                    pause = min(pause * 2, _MAX_PROBE_PAUSE_S)
                     continue
             # The server answered (even an error is an answer).
             self.mark_back()

@@ -26,14 +26,113 @@ from flowd.db import Connection, is_outage
 from flowd.models import ActionOutcome, ChangeEvent, Flow, Status
 from flowd.outage import Availability
 
+# The statements, named; `{table}` is the schema-qualified `flow_executions`, filled in
+# once per Recorder (the schema is a setting). Kept here, not in a .sql file: the code
+# that binds their `$n` parameters is in this module, and no file needs reading or shipping.
 
-def _rerunnable(seconds: str) -> str:
-    """SQL: the execution failed, or has been RUNNING longer than any run can take (the
-    parameter `seconds`): its process died (kill -9, power loss) before recording an outcome."""
-    return (
-        "(status = 'FAILURE' OR (status = 'RUNNING'"
-        f" AND triggered_at < now() - make_interval(secs => {seconds}::double precision)))"
-    )
+# The execution failed, or has been RUNNING longer than any run can take (the parameter
+# `{seconds}`): its process died (kill -9, power loss) before recording an outcome.
+_RERUNNABLE = (
+    "(status = 'FAILURE' OR (status = 'RUNNING'"
+    " AND triggered_at < now() - make_interval(secs => {seconds}::double precision)))"
+)
+
+_PROBE = "SELECT 1"
+
+# --force: take the (flow, event) row over whatever it holds, or insert it.
+_FORCE_CLAIM = (
+    "INSERT INTO {table} (flow_id, event_key, status, event)"
+    " VALUES ($1, $2, 'RUNNING', $3::jsonb) ON CONFLICT (flow_id, event_key)"
+    " DO UPDATE SET status = 'RUNNING', triggered_at = now(), finished_at = NULL,"
+    " runs = {table}.runs + 1, log = '', actions = '[]'"
+    " RETURNING execution_id"
+)
+
+# Many claims in one INSERT: RUNNING rows, or SUCCESS ones for flows without actions
+# (those come with their `log`); a row already there is left to `{on_conflict}`.
+_INSERT_CLAIMS = (
+    "INSERT INTO {table} AS e (flow_id, event_key, status, event, finished_at, log)"
+    " SELECT flow_id, event_key, CASE WHEN log IS NULL THEN 'RUNNING' ELSE 'SUCCESS' END,"
+    " event::jsonb, CASE WHEN log IS NOT NULL THEN now() END, coalesce(log, '')"
+    " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])"
+    " AS v(flow_id, event_key, event, log)"
+    " ON CONFLICT (flow_id, event_key) {on_conflict}"
+    " RETURNING execution_id, flow_id, event_key, runs, status, actions::text"
+)
+_SKIP_CLAIMED = "DO NOTHING"
+# Durable: a RUNNING row is an interrupted run of an event leased to us; resume it.
+_RESUME_RUNNING = (
+    "DO UPDATE SET runs = e.runs + 1, triggered_at = now(), status = excluded.status,"
+    " finished_at = excluded.finished_at, log = excluded.log WHERE e.status = 'RUNNING'"
+)
+
+# Append each step's outcome where the execution holds exactly `index` outcomes so far.
+_APPEND_STEPS = (
+    "UPDATE {table} AS e SET actions = e.actions || jsonb_build_array(v.outcome)"
+    " FROM unnest($1::bigint[], $2::int[], $3::jsonb[]) AS v(execution_id, index, outcome)"
+    " WHERE e.execution_id = v.execution_id AND e.status = 'RUNNING'"
+    " AND jsonb_array_length(e.actions) = v.index RETURNING e.execution_id"
+)
+
+# --failed: take over one failed (or abandoned) execution to run it again.
+_CLAIM_FAILED = (
+    "UPDATE {table} SET status = 'RUNNING', triggered_at = now(),"
+    " finished_at = NULL, runs = runs + 1 WHERE execution_id = $1 AND "
+    + _RERUNNABLE.format(seconds="$2")
+    + " RETURNING true"
+)
+
+# Many outcomes in one UPDATE; one with a `run` only while no other run took it over.
+_WRITE_OUTCOMES = (
+    "UPDATE {table} AS e SET status = v.status, finished_at = now(),"
+    " log = v.log, actions = v.actions::jsonb"
+    " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::int[])"
+    " AS v(execution_id, status, log, actions, run) WHERE e.execution_id = v.execution_id"
+    " AND (v.run IS NULL OR (e.runs = v.run AND e.status = 'RUNNING'))"
+    " RETURNING e.execution_id"
+)
+
+# Shutdown: what this process still has RUNNING ends FAILURE, with one of two logs.
+_ABANDON = (
+    "UPDATE {table} SET status = 'FAILURE', finished_at = now(),"
+    " log = CASE WHEN execution_id = ANY($2::bigint[]) THEN $3 ELSE $4 END"
+    " WHERE execution_id = ANY($1::bigint[]) AND status = 'RUNNING'"
+)
+
+# --failed: the executions to run again, oldest first, since a time and of one flow if asked.
+_SELECT_FAILED = (
+    "SELECT execution_id, flow_id, event FROM {table} WHERE "
+    + _RERUNNABLE.format(seconds="$1")
+    + " AND ($2::timestamptz IS NULL OR triggered_at >= $2)"
+    " AND ($3::bigint IS NULL OR flow_id = $3) ORDER BY triggered_at, execution_id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """The statements above, on one schema's `flow_executions`."""
+
+    force_claim: str
+    insert_claims: str
+    resume_claims: str
+    append_steps: str
+    claim_failed: str
+    write_outcomes: str
+    abandon: str
+    select_failed: str
+
+    @classmethod
+    def on(cls, table: str) -> _Statements:
+        return cls(
+            force_claim=_FORCE_CLAIM.format(table=table),
+            insert_claims=_INSERT_CLAIMS.format(table=table, on_conflict=_SKIP_CLAIMED),
+            resume_claims=_INSERT_CLAIMS.format(table=table, on_conflict=_RESUME_RUNNING),
+            append_steps=_APPEND_STEPS.format(table=table),
+            claim_failed=_CLAIM_FAILED.format(table=table),
+            write_outcomes=_WRITE_OUTCOMES.format(table=table),
+            abandon=_ABANDON.format(table=table),
+            select_failed=_SELECT_FAILED.format(table=table),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +312,10 @@ class Recorder:
         self._pool = pool
         # A write that meets an outage waits in memory until the database is back: an
         # action that finished is recorded late rather than run again.
-        available = available or Availability(lambda: pool.fetchval("SELECT 1"))
+        available = available or Availability(lambda: pool.fetchval(_PROBE))
         self._until_written = available.until_done
         self._abandoned_after_s = abandoned_after_s
-        self._table = f"{quote_ident(schema)}.flow_executions"
+        self._sql = _Statements.on(f"{quote_ident(schema)}.flow_executions")
         self._redact = redact
         self.in_flight: set[int] = set()  # claimed here, outcome not written yet
         self.acting: set[int] = set()  # of those, the ones whose actions have begun
@@ -231,11 +330,7 @@ class Recorder:
         if force:
             execution_id: int | None = await asyncio.shield(
                 self._pool.fetchval(
-                    f"INSERT INTO {self._table} (flow_id, event_key, status, event)"
-                    " VALUES ($1, $2, 'RUNNING', $3::jsonb) ON CONFLICT (flow_id, event_key)"
-                    " DO UPDATE SET status = 'RUNNING', triggered_at = now(), finished_at = NULL,"
-                    f" runs = {self._table}.runs + 1, log = '', actions = '[]'"
-                    " RETURNING execution_id",
+                    self._sql.force_claim,
                     flow.flow_id,
                     event.key,
                     _event_json(event),
@@ -279,20 +374,8 @@ class Recorder:
         # In key order: two writes over the same keys (two writers, two replicas) lock them
         # in the same order, so they wait for each other rather than deadlock.
         unique = sorted((requests[index] for index in first.values()), key=attrgetter("identity"))
-        on_conflict = (
-            "DO UPDATE SET runs = e.runs + 1, triggered_at = now(), status = excluded.status,"
-            " finished_at = excluded.finished_at, log = excluded.log WHERE e.status = 'RUNNING'"
-            if requests[0].resume
-            else "DO NOTHING"
-        )
         rows = await self._pool.fetch(
-            f"INSERT INTO {self._table} AS e (flow_id, event_key, status, event, finished_at, log)"
-            " SELECT flow_id, event_key, CASE WHEN log IS NULL THEN 'RUNNING' ELSE 'SUCCESS' END,"
-            " event::jsonb, CASE WHEN log IS NOT NULL THEN now() END, coalesce(log, '')"
-            " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])"
-            " AS v(flow_id, event_key, event, log)"
-            f" ON CONFLICT (flow_id, event_key) {on_conflict}"
-            " RETURNING execution_id, flow_id, event_key, runs, status, actions::text",
+            self._sql.resume_claims if requests[0].resume else self._sql.insert_claims,
             [request.flow_id for request in unique],
             [request.event.key for request in unique],
             [request.event_json for request in unique],
@@ -339,10 +422,7 @@ class Recorder:
         """Append each step's outcome where the execution has exactly `index` outcomes."""
         ordered = sorted(steps, key=lambda step: step.execution_id)
         rows = await (database or self._pool).fetch(
-            f"UPDATE {self._table} AS e SET actions = e.actions || jsonb_build_array(v.outcome)"
-            " FROM unnest($1::bigint[], $2::int[], $3::jsonb[]) AS v(execution_id, index, outcome)"
-            " WHERE e.execution_id = v.execution_id AND e.status = 'RUNNING'"
-            " AND jsonb_array_length(e.actions) = v.index RETURNING e.execution_id",
+            self._sql.append_steps,
             [step.execution_id for step in ordered],
             [step.index for step in ordered],
             [step.outcome for step in ordered],
@@ -353,9 +433,7 @@ class Recorder:
     async def claim_failed(self, execution_id: int) -> bool:
         """Take over a failed (or abandoned) execution to run it again; False if gone or taken."""
         claimed = await self._pool.fetchval(
-            f"UPDATE {self._table} SET status = 'RUNNING', triggered_at = now(),"
-            f" finished_at = NULL, runs = runs + 1 WHERE execution_id = $1 AND {_rerunnable('$2')}"
-            " RETURNING true",
+            self._sql.claim_failed,
             execution_id,
             self._abandoned_after_s,
         )
@@ -382,12 +460,7 @@ class Recorder:
         """One UPDATE for many outcomes, rows in id order (no deadlock with another writer)."""
         ordered = sorted(outcomes, key=lambda outcome: outcome.execution_id)
         rows = await self._pool.fetch(
-            f"UPDATE {self._table} AS e SET status = v.status, finished_at = now(),"
-            " log = v.log, actions = v.actions::jsonb"
-            " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::int[])"
-            " AS v(execution_id, status, log, actions, run) WHERE e.execution_id = v.execution_id"
-            " AND (v.run IS NULL OR (e.runs = v.run AND e.status = 'RUNNING'))"
-            " RETURNING e.execution_id",
+            self._sql.write_outcomes,
             [outcome.execution_id for outcome in ordered],
             [outcome.status for outcome in ordered],
             [outcome.log for outcome in ordered],
@@ -405,9 +478,7 @@ class Recorder:
         ids = sorted(self.in_flight)
         if ids:
             await self._pool.execute(
-                f"UPDATE {self._table} SET status = 'FAILURE', finished_at = now(),"
-                " log = CASE WHEN execution_id = ANY($2::bigint[]) THEN $3 ELSE $4 END"
-                " WHERE execution_id = ANY($1::bigint[]) AND status = 'RUNNING'",
+                self._sql.abandon,
                 ids,
                 sorted(self.acting),
                 cut_short,
@@ -420,9 +491,7 @@ class Recorder:
     async def failed(self, *, since: datetime | None, flow_id: int | None) -> list[FailedExecution]:
         """Executions that ended FAILURE, or were abandoned RUNNING, oldest first."""
         rows = await self._pool.fetch(
-            f"SELECT execution_id, flow_id, event FROM {self._table} WHERE {_rerunnable('$1')}"
-            " AND ($2::timestamptz IS NULL OR triggered_at >= $2)"
-            " AND ($3::bigint IS NULL OR flow_id = $3) ORDER BY triggered_at, execution_id",
+            self._sql.select_failed,
             self._abandoned_after_s,
             since,
             flow_id,

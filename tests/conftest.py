@@ -146,3 +146,13 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 async def http_target() -> AsyncIterator[HttpTarget]:
     async with HttpTarget() as target:
         yield target
+
+
+@pytest.fixture
+async def proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[HttpTarget]:
+    """A loopback target set as the HTTP proxy: whatever flowd sends ends up here."""
+    async with HttpTarget() as target:
+        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", target.url)
+        yield target

@@ -41,6 +41,7 @@ from realtime.types import (
     RealtimePostgresChangesListenEvent,
 )
 
+from flowd.backoff import Backoff
 from flowd.catalog import REALTIME_PUBLICATION, quote_ident
 from flowd.errors import describe
 from flowd.logs import get_logger
@@ -147,9 +148,11 @@ class _Client(AsyncRealtimeClient):
             and isinstance(payload.get("ids"), list)
         ):
             return False
+        # A frame without a topic (None) finds no channel, as an unknown topic does.
         channel = self.channels.get(frame.get("topic"))  # type: ignore[arg-type]
         try:
             for callback in channel.postgres_changes_callbacks if channel else ():
+                # The frame's payload as checked above; the client's type names its own model.
                 callback(payload)  # type: ignore[arg-type]
         except Exception:
             log.exception("realtime.dispatch_failed", topic=frame.get("topic"))
@@ -316,7 +319,7 @@ class RealtimeSource:
         twice; the execution claim makes that harmless).
         """
         current: _Session | None = None
-        failures = 0
+        backoff = Backoff(self._timing.backoff, self._timing.max_backoff)
         try:
             while not stopping.is_set():
                 self._changed.clear()
@@ -341,22 +344,18 @@ class RealtimeSource:
                     await self._retire(current)
                     current = None
                     if time.monotonic() - opened_at > _HEALTHY_AFTER_S:
-                        failures = 0
+                        backoff.reset()
                 else:
                     await session.close()
                 if self._take_rejections(session):
                     continue
-                failures += 1
-                delay = self._delay(failures)
+                ceiling = backoff.next()
+                delay = random.uniform(ceiling / 2, ceiling)
                 log.warning("realtime.rebuilding", reason=reason, retry_in_s=round(delay, 2))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(_first(stopping.wait(), self._changed.wait()), delay)
         finally:
             await self._retire(current)
-
-    def _delay(self, failures: int) -> float:
-        ceiling = min(self._timing.max_backoff, self._timing.backoff * 2 ** (failures - 1))
-        return random.uniform(ceiling / 2, ceiling)
 
     def _new_session(self, bindings: frozenset[Binding]) -> _Session:
         self._generation += 1

@@ -22,9 +22,9 @@ from urllib.parse import parse_qs, unquote
 import asyncpg
 import httpx
 
+from tests.acceptance.test_durable import start_durable
+from tests.acceptance.test_replay import events_file, replay
 from tests.conftest import frame
-from tests.integration.test_durable import start_durable
-from tests.integration.test_replay import events_file, replay
 from tests.support.flows import add_flow, executions
 from tests.support.http_target import HttpTarget
 

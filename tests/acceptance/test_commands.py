@@ -59,32 +59,6 @@ async def test_migrate_applies_once_and_a_second_run_changes_nothing(
         await databases.drop(name)
 
 
-async def test_rls_hides_flows_from_api_roles(db: asyncpg.Connection) -> None:
-    """With RLS on and no policy, a role like Supabase's `anon` sees no flow even when granted."""
-    await add_flow(db, actions=[("API_CALL", {"url": "https://hooks.example/secret-token"})])
-    await db.execute("CREATE ROLE anon_test NOLOGIN")
-    await db.execute("GRANT SELECT ON flows, actions TO anon_test")
-    async with db.transaction():
-        await db.execute("SET LOCAL ROLE anon_test")
-        assert await db.fetchval("SELECT count(*) FROM actions") == 0
-        assert await db.fetchval("SELECT count(*) FROM flows") == 0
-    await db.execute("DROP OWNED BY anon_test")
-    await db.execute("DROP ROLE anon_test")
-
-
-async def test_deleting_a_flow_cascades(db: asyncpg.Connection) -> None:
-    """Deleting a flow removes its rules, actions and executions."""
-    flow_id = await add_flow(
-        db, rules=[("priority", "=", "high")], actions=[("API_CALL", {"url": "http://x"})]
-    )
-    await db.execute(
-        "INSERT INTO flow_executions (flow_id, event_key, event) VALUES ($1, 'k', '{}')", flow_id
-    )
-    await db.execute("DELETE FROM flows WHERE flow_id = $1", flow_id)
-    for table in ("rules", "actions", "flow_executions"):
-        assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0
-
-
 async def test_validate_accepts_good_flows(db: asyncpg.Connection, database_url: str) -> None:
     """validate exits 0 when every flow can work."""
     await add_flow(

@@ -12,13 +12,14 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_daemon import SERVICE_KEY, hook, insert_task, start_flowd
+from tests.acceptance.test_daemon import SERVICE_KEY, hook, insert_task, start_flowd
 from tests.support.flowd_cli import RunningFlowd, flowd_env, run_flowd
 from tests.support.flows import add_flow, executions
 from tests.support.http_target import HttpTarget, Reply
@@ -34,7 +35,7 @@ async def realtime(database_url: str) -> AsyncIterator[RealtimeStandIn]:
 
 async def wait_for_status(
     flowd: RunningFlowd, path: str, status: int, timeout_s: float = 30
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Poll `path` until it answers `status`; return its JSON body (or {})."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -78,7 +79,7 @@ async def test_readyz_follows_realtime_and_metrics_count_what_happened(
     body = await wait_for_status(flowd, "/readyz", 503)
     assert await _healthcheck(listening["address"], "/readyz") == 1
     assert body["ready"] is False
-    assert any(str(r).startswith("realtime: ") for r in body["reasons"]), body  # type: ignore[attr-defined]
+    assert any(str(r).startswith("realtime: ") for r in body["reasons"]), body
     assert (await flowd.get("/livez")).status_code == 200
     await realtime.start()
     await wait_for_status(flowd, "/readyz", 200)
@@ -133,7 +134,7 @@ async def test_readyz_fails_while_the_database_is_unreachable(
         await wait_for_status(flowd, "/readyz", 200)
         await proxy.cut()
         body = await wait_for_status(flowd, "/readyz", 503)
-        assert any("database: unreachable" in str(r) for r in body["reasons"]), body  # type: ignore[attr-defined]
+        assert any("database: unreachable" in str(r) for r in body["reasons"]), body
         assert (await flowd.get("/livez")).status_code == 200
         await proxy.start()
         await wait_for_status(flowd, "/readyz", 200)
@@ -152,7 +153,7 @@ async def test_readyz_says_draining_during_shutdown(
     flowd.signal(signal.SIGTERM)
     await flowd.wait_for_log("shutdown.draining")
     body = await wait_for_status(flowd, "/readyz", 503)
-    assert any(str(r).startswith("draining") for r in body["reasons"]), body  # type: ignore[attr-defined]
+    assert any(str(r).startswith("draining") for r in body["reasons"]), body
     assert (await flowd.get("/livez")).status_code == 200
     flowd.signal(signal.SIGINT)  # the second signal: do not wait out the drain
     assert await flowd.wait(timeout_s=10) == 1

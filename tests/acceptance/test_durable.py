@@ -241,7 +241,7 @@ async def test_the_same_kill_in_realtime_mode_loses_changes(
     database_url: str, db: asyncpg.Connection, http_target: HttpTarget
 ) -> None:
     """What durable mode prevents: changes committed while flowd is dead never arrive."""
-    from tests.integration.test_daemon import start_flowd
+    from tests.acceptance.test_daemon import start_flowd
     from tests.support.realtime_server import RealtimeStandIn
 
     await notify_flow(db, http_target)

@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 
 from flowd.feeds.eventlog import MAX_TRIES
+from tests.acceptance.test_daemon import start_flowd
 from tests.conftest import frame
-from tests.integration.test_daemon import start_flowd
 from tests.support.flowd_cli import Finished, RunningFlowd, run_flowd
 from tests.support.flows import add_flow, executions
 from tests.support.http_target import HttpTarget
