@@ -38,12 +38,12 @@ from flowd.feeds.eventlog import (
     UnreadableEvent,
 )
 from flowd.flows import FlowSet
+from flowd.group_commit import GroupWriter
 from flowd.logs import get_logger
 from flowd.models import Column
 from flowd.ops import metrics
 from flowd.ops.health import Health
 from flowd.pipeline import Pipeline
-from flowd.record import GroupWriter
 from flowd.summary import Summary
 
 log = get_logger()

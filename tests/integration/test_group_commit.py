@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Sequence
 import asyncpg
 import pytest
 
+from flowd.group_commit import GroupWriter
 from flowd.models import ActionOutcome, ChangeEvent, Flow
-from flowd.record import Claim, GroupWriter, Recorder
+from flowd.record import Claim, Recorder
 from tests.support.flows import add_flow, executions
 
 
