@@ -8,13 +8,12 @@ they name passed by name. This is the hot path: per event, nothing else runs.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from operator import itemgetter
-from typing import Final
 
 from flowd.models import Flow
+from flowd.rules.operators import OPERATORS
 from flowd.rules.plans import (
     NOTHING_MATCHED,
     BucketClassifier,
@@ -28,16 +27,6 @@ from flowd.rules.plans import (
 from flowd.rules.values import NULL_KEY
 
 __all__ = ["classifier"]
-
-# An order rule's operator → (the bisection that counts the bounds below a value, whether
-# the rule holds for the bounds counted or for the others)
-_CUTS: Final[Mapping[str, tuple[Callable[..., int], bool]]] = {
-    ">": (bisect_left, True),
-    ">=": (bisect_right, True),
-    "<": (bisect_right, False),
-    "<=": (bisect_left, False),
-}
-
 
 # --------------------------------------------------------------------------- generating
 
@@ -179,7 +168,7 @@ class _Source:
             groups: dict[Hashable, list[object]] = {}
             for (kind, operator_name), filed in by_kind.items():
                 filed.sort(key=itemgetter(0))
-                cut, below = _CUTS[operator_name]
+                cut, below = _order_of(operator_name)
                 bounds = [bound for bound, _ in filed]
                 entries = tuple((p, rests(n)) for _, (p, n) in filed)
                 groups.setdefault(kind, []).append((cut, bounds, entries, below))
@@ -295,6 +284,13 @@ class _Source:
             ]
         else:
             lines.append(f"    if {self.body.chain(rules, 'or')}: match({position})")
+
+
+def _order_of(operator_name: str) -> tuple[Callable[..., int], bool]:
+    """The bisection an order rule's bounds are cut by, and whether it holds below it."""
+    order = OPERATORS[operator_name].order
+    assert order is not None
+    return order.cut, order.holds_below
 
 
 def _picker(flows: tuple[Flow, ...]) -> Callable[[Sequence[int]], tuple[Flow, ...]]:

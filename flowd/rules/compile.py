@@ -26,19 +26,9 @@ from flowd.models import Flow, Rule
 from flowd.rules.fields import addressed_type, forget_fields, parse_field
 from flowd.rules.index import CHANGE_TYPES, FlowIndex
 from flowd.rules.limits import RULE_VALUE, Refused, within
-from flowd.rules.operators import (
-    CHANGE_OPERATORS,
-    KNOWN_OPERATORS,
-    NEGATED,
-    OPERATOR_ALIASES,
-    ORDERS,
-    RULE_BUILDERS,
-    VALUE_FREE_OPERATORS,
-    VALUE_READ_AS_FIELD_TYPE,
-    changed_plan,
-)
+from flowd.rules.operators import OPERATORS, Operator, operator_named
 from flowd.rules.plans import CompiledFlow, FlowPlan, RulePlan
-from flowd.rules.values import INSTANT, TYPNAME_KINDS, RuleValue, parse_in_items
+from flowd.rules.values import INSTANT, TYPNAME_KINDS, RuleValue
 
 __all__ = [
     "build_index",
@@ -88,13 +78,13 @@ def check_rule_against_columns(rule: Rule, column_types: Mapping[str, str]) -> s
     """
     try:
         address = parse_field(rule.field)
-        operator_name = _normalise_operator(rule.operator)
-        readings = _readings_to_check(operator_name, rule.value)
+        operator = operator_named(rule.operator)
+        readings = _readings_to_check(operator, rule.value)
     except Refused:
         return None
     if address.column not in column_types:
         return f"column {address.column!r} does not exist in the table"
-    addressed = addressed_type(address, column_types[address.column], operator_name)
+    addressed = addressed_type(address, column_types[address.column], operator.on_elements)
     kind = None if addressed is None else TYPNAME_KINDS.get(addressed[0])
     if addressed is None or kind is None:
         return None  # below json, or text-like: any value reads as itself
@@ -103,7 +93,7 @@ def check_rule_against_columns(rule: Rule, column_types: Mapping[str, str]) -> s
         if reading is None:
             return f"the IN list has an item (null, array or object) that {what} can never equal"
         if reading.as_kind[kind] is None and not (
-            kind is INSTANT and reading.offset is not None and operator_name in ORDERS
+            kind is INSTANT and reading.offset is not None and operator.order is not None
         ):
             if reading.offset is not None:
                 return f"{reading.text!r} (relative time) only works with <, >, <= and >="
@@ -114,16 +104,12 @@ def check_rule_against_columns(rule: Rule, column_types: Mapping[str, str]) -> s
     return None
 
 
-def _readings_to_check(operator_name: str, value: str | None) -> tuple[RuleValue | None, ...]:
+def _readings_to_check(operator: Operator, value: str | None) -> tuple[RuleValue | None, ...]:
     """The readings of rule.value that must succeed for the rule to ever hold."""
     if value is None:
         return ()
     within(RULE_VALUE, len(value))
-    if operator_name in {"IN", "NOT_IN"}:
-        return parse_in_items(value)
-    if operator_name in VALUE_READ_AS_FIELD_TYPE:
-        return (RuleValue.read(value),)
-    return ()
+    return () if operator.typed_value is None else operator.typed_value(value)
 
 
 # --------------------------------------------------------------------------- compiling
@@ -161,16 +147,8 @@ def _match_of(flow: Flow) -> str:
 def needs_old_row(flow: Flow) -> bool:
     """Whether a rule of the flow compares with the old row (CHANGED*), so the trigger
     table needs REPLICA IDENTITY FULL."""
-    names = (rule.operator.strip().upper() for rule in flow.rules)
-    return any(OPERATOR_ALIASES.get(name, name) in CHANGE_OPERATORS for name in names)
-
-
-def _normalise_operator(name: str) -> str:
-    normalised = name.strip().upper()
-    normalised = OPERATOR_ALIASES.get(normalised, normalised)
-    if normalised not in KNOWN_OPERATORS:
-        raise Refused(f"unknown operator {name!r}")
-    return normalised
+    operators = (OPERATORS.get(rule.operator.strip().upper()) for rule in flow.rules)
+    return any(operator is not None and operator.reads_old_row for operator in operators)
 
 
 def _rule_location(position: int, rule: Rule) -> str:
@@ -189,22 +167,8 @@ def _compile_rule(flow_id: int, position: int, rule: Rule) -> RulePlan:
 
 @functools.lru_cache(maxsize=16384)  # flows repeat rules; a plan is immutable and shareable
 def _rule_plan(field: str, operator_text: str, value: str | None) -> RulePlan:
-    operator_name = _normalise_operator(operator_text)
+    operator = operator_named(operator_text)
     address = parse_field(field)
-    if value is None and operator_name not in VALUE_FREE_OPERATORS:
-        raise Refused(f"operator {operator_name} needs a value")
-    if operator_name in CHANGE_OPERATORS:
-        return changed_plan(operator_name, address, value)
-    positive = NEGATED.get(operator_name, operator_name)
-    built = RULE_BUILDERS[positive](value or "", address, positive != operator_name)
-    return RulePlan(
-        built.check,
-        address.key,
-        address.reader(),
-        built.keys,
-        None,
-        built.inline,
-        built.bounds,
-        address.read_inline(),
-        built.unless,
-    )
+    if value is None and operator.needs_value:
+        raise Refused(f"operator {operator.name} needs a value")
+    return operator.build(operator, value or "", address)

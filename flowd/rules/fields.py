@@ -302,11 +302,12 @@ def _walk(value: object, typname: str | None, steps: tuple[Step, ...]) -> tuple[
 
 
 def addressed_type(
-    address: FieldAddress, typname: str, operator_name: str
+    address: FieldAddress, typname: str, on_elements: bool
 ) -> tuple[str, str] | None:
-    """(type name, description) rule.value is read as, when the columns alone tell it."""
+    """(type name, description) rule.value is read as, when the columns alone tell it;
+    `on_elements`: the operator compares an array's elements (CONTAINS)."""
     is_array = typname.startswith("_")
-    if operator_name in {"CONTAINS", "NOT_CONTAINS"}:
+    if on_elements:
         if is_array and not address.steps:
             return typname[1:], f"the elements of column {address.column}"
         return None  # text and objects take the value as it is

@@ -1,15 +1,21 @@
-"""Operators: what each rule operator builds from `rule.value` and the field it reads.
+"""Operators: one `Operator` record per rule operator, in one registry (`OPERATORS`).
 
-A builder compiles one rule into its check, and tells the index how to file its flow
-by it: the reading keys on which it holds, an order's bounds, a negation's exceptions,
-and its check as an expression for the generated classifier (`Inline`).
+A record names the builder that compiles a rule with the operator, and what else the
+compiler, `flowd validate` and the index need to know of it. A builder compiles one
+rule into its check, and tells the index how to file its flow by it: the reading keys
+on which it holds, an order's bounds, a negation's exceptions, and its check as an
+expression for the generated classifier (`Inline`).
+
+A new operator is one entry in `OPERATORS` and, unless it shares one, one builder.
 """
 
 from __future__ import annotations
 
-import operator
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
+from operator import ge, gt, le, lt
 from typing import Any, Final, NamedTuple
 
 from flowd.rules.fields import ChangeReading, EventView, FieldAddress, change_reader
@@ -36,25 +42,6 @@ from flowd.rules.values import (
     reading_key,
 )
 
-OPERATOR_ALIASES: Final[Mapping[str, str]] = {"==": "=", "<>": "!="}
-NEGATED: Final[Mapping[str, str]] = {
-    "!=": "=",
-    "NOT_IN": "IN",
-    "NOT_CONTAINS": "CONTAINS",
-    "IS_NOT_NULL": "IS_NULL",
-}
-ORDERS: Final[Mapping[str, Callable[[Any, Any], Any]]] = {
-    ">": operator.gt,
-    "<": operator.lt,
-    ">=": operator.ge,
-    "<=": operator.le,
-}
-CHANGE_OPERATORS: Final = frozenset({"CHANGED", "CHANGED_TO", "CHANGED_FROM"})
-VALUE_FREE_OPERATORS: Final = frozenset({"IS_NULL", "IS_NOT_NULL", "CHANGED"})
-VALUE_READ_AS_FIELD_TYPE: Final = frozenset(
-    {"=", "!=", "CHANGED_TO", "CHANGED_FROM", "CONTAINS", "NOT_CONTAINS", *ORDERS}
-)
-
 
 def _equal_test(value: str) -> FieldTest:
     expected = RuleValue.read(value)
@@ -62,7 +49,7 @@ def _equal_test(value: str) -> FieldTest:
 
 
 class Built(NamedTuple):
-    """What a rule builder makes of (rule.value, the field, negated?)."""
+    """What a builder of a rule on the field's own reading makes of it (see `_on_field`)."""
 
     check: RuleCheck
     keys: frozenset[Hashable] | None = None  # the index keys it holds on, if only on those
@@ -71,22 +58,72 @@ class Built(NamedTuple):
     unless: Unless | None = None  # a negation of keys: when it does not hold
 
 
-RuleBuilder = Callable[[str, FieldAddress, bool], Built]
+RuleBuilder = Callable[["Operator", str, FieldAddress], RulePlan]
+"""Compiles a rule with the operator: (the operator, rule.value or "", the field)."""
+FieldRuleBuilder = Callable[["Operator", str, FieldAddress], Built]
+ValueReadings = Callable[[str], tuple[RuleValue | None, ...]]
 
 
-def _equal_rule(value: str, field: FieldAddress, negated: bool) -> Built:
+class Order(NamedTuple):
+    """How an order operator compares, and how the index finds the bounds it holds for."""
+
+    compare: Callable[[Any, Any], Any]  # (the field's value, the bound): whether it holds
+    cut: Callable[..., int]  # the bisection that counts the (sorted) bounds below a value
+    holds_below: bool  # whether the rule holds for the bounds counted, or for the others
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """One rule operator: the builder of its rules, and what else is known of it."""
+
+    name: str
+    build: RuleBuilder
+    negated: bool = False  # holds where the rule `build` makes of the positive fails (`!=`)
+    needs_value: bool = True  # IS_NULL, IS_NOT_NULL and CHANGED take none
+    # rule.value as it is read as the field's type (one value, or an IN list's items), for
+    # `flowd validate`; None: it is taken as text whatever the field
+    typed_value: ValueReadings | None = None
+    on_elements: bool = False  # of an array column, the elements are compared (CONTAINS)
+    order: Order | None = None  # `>`, `<`, `>=`, `<=`, which also take `now-7d`
+    reads_old_row: bool = False  # CHANGED*: compares with the old row (REPLICA IDENTITY FULL)
+    aliases: tuple[str, ...] = ()  # other names it is written as (`==`)
+
+
+def _on_field(build: FieldRuleBuilder) -> RuleBuilder:
+    """A builder of rules on the field's own reading (every operator but CHANGED*)."""
+
+    def plan(operator: Operator, value: str, field: FieldAddress) -> RulePlan:
+        built = build(operator, value, field)
+        return RulePlan(
+            built.check,
+            field.key,
+            field.reader(),
+            built.keys,
+            None,
+            built.inline,
+            built.bounds,
+            field.read_inline(),
+            built.unless,
+        )
+
+    return plan
+
+
+@_on_field
+def _equal_rule(operator: Operator, value: str, field: FieldAddress) -> Built:
     expected = RuleValue.read(value)
     wanted_by_kind = {
         kind: None if (wanted := expected.as_kind[kind]) is None else frozenset({wanted})
         for kind in SCALAR_KINDS
     }
-    return _keyed_rule(wanted_by_kind, field, negated)
+    return _keyed_rule(wanted_by_kind, field, operator.negated)
 
 
-def _in_rule(value: str, field: FieldAddress, negated: bool) -> Built:
+@_on_field
+def _in_rule(operator: Operator, value: str, field: FieldAddress) -> Built:
     items = parse_in_items(value)
     wanted_by_kind = {kind: _readings_as(kind, items) for kind in SCALAR_KINDS}
-    return _keyed_rule(wanted_by_kind, field, negated)
+    return _keyed_rule(wanted_by_kind, field, operator.negated)
 
 
 def _keyed_rule(
@@ -124,7 +161,8 @@ def _keyed_rule(
     return Built(holds, keys, ("{r}[4] in {c}keys", {"keys": keys}))
 
 
-def _null_rule(value: str, field: FieldAddress, negated: bool) -> Built:
+@_on_field
+def _null_rule(operator: Operator, value: str, field: FieldAddress) -> Built:
     key, read = field.key, field.reader()
 
     def holds(view: EventView) -> bool:
@@ -133,38 +171,36 @@ def _null_rule(value: str, field: FieldAddress, negated: bool) -> Built:
     def holds_not(view: EventView) -> bool:
         return (view.readings.get(key) or read(view))[4] is not NULL_KEY
 
-    if negated:
+    if operator.negated:
         inline = ("{r}[4] is not {c}null", {"null": NULL_KEY})
         return Built(holds_not, inline=inline, unless=({NULL_KEY: None}, frozenset()))
     return Built(holds, frozenset({NULL_KEY}), ("{r}[4] is {c}null", {"null": NULL_KEY}))
 
 
-def _order_rule(operator_name: str) -> RuleBuilder:
-    order = ORDERS[operator_name]
+@_on_field
+def _order_rule(operator: Operator, value: str, field: FieldAddress) -> Built:
+    assert operator.order is not None
+    order = operator.order.compare
+    expected = RuleValue.read(value)
+    key, read = field.key, field.reader()
+    bounds = {kind: expected.as_kind[kind] for kind in ORDERED_KINDS}
+    if expected.as_kind[NUMBER] is not None:
+        bounds[TEXT] = None  # text against a number: "10" would sort before "9"
+    if (offset := expected.offset) is not None:
+        return _relative_order_rule(order, offset, field)
 
-    def build(value: str, field: FieldAddress, negated: bool) -> Built:
-        expected = RuleValue.read(value)
-        key, read = field.key, field.reader()
-        bounds = {kind: expected.as_kind[kind] for kind in ORDERED_KINDS}
-        if expected.as_kind[NUMBER] is not None:
-            bounds[TEXT] = None  # text against a number: "10" would sort before "9"
-        if (offset := expected.offset) is not None:
-            return _relative_order_rule(order, offset, field)
+    def holds(view: EventView) -> bool:
+        _, _, kind, actual, _ = view.readings.get(key) or read(view)
+        bound = bounds.get(kind)
+        return bound is not None and actual is not None and bool(order(actual, bound))
 
-        def holds(view: EventView) -> bool:
-            _, _, kind, actual, _ = view.readings.get(key) or read(view)
-            bound = bounds.get(kind)
-            return bound is not None and actual is not None and bool(order(actual, bound))
-
-        inline = (
-            "(({c}bound := {c}bounds.get({r}[2])) is not None"
-            " and {r}[3] is not None and {c}order({r}[3], {c}bound))"
-        )
-        readable: dict[Hashable, object] = {k: b for k, b in bounds.items() if b is not None}
-        inlined = (inline, {"bounds": bounds, "order": order})
-        return Built(holds, inline=inlined, bounds=(operator_name, readable))
-
-    return build
+    inline = (
+        "(({c}bound := {c}bounds.get({r}[2])) is not None"
+        " and {r}[3] is not None and {c}order({r}[3], {c}bound))"
+    )
+    readable: dict[Hashable, object] = {k: b for k, b in bounds.items() if b is not None}
+    inlined = (inline, {"bounds": bounds, "order": order})
+    return Built(holds, inline=inlined, bounds=(operator.name, readable))
 
 
 def _relative_order_rule(
@@ -186,8 +222,10 @@ def _relative_order_rule(
     return Built(holds, inline=(inline, values))
 
 
-def _contains_rule(value: str, field: FieldAddress, negated: bool) -> Built:
+@_on_field
+def _contains_rule(operator: Operator, value: str, field: FieldAddress) -> Built:
     expected = RuleValue.read(value)
+    negated = operator.negated
     holds_on = FAILS if negated else HOLDS
     key, read = field.key, field.reader()
 
@@ -215,7 +253,8 @@ def _contains_rule(value: str, field: FieldAddress, negated: bool) -> Built:
 
 
 def _text_rule(test: Callable[[str, str], bool]) -> RuleBuilder:
-    def build(value: str, field: FieldAddress, negated: bool) -> Built:
+    @_on_field
+    def build(operator: Operator, value: str, field: FieldAddress) -> Built:
         key, read = field.key, field.reader()
 
         def holds(view: EventView) -> bool:
@@ -228,7 +267,8 @@ def _text_rule(test: Callable[[str, str], bool]) -> RuleBuilder:
     return build
 
 
-def _matches_rule(value: str, field: FieldAddress, negated: bool) -> Built:
+@_on_field
+def _matches_rule(operator: Operator, value: str, field: FieldAddress) -> Built:
     try:
         search = compile_search(value)
     except PatternRefused as refused:
@@ -254,40 +294,83 @@ def _readings_as(kind: Kind, items: Iterable[RuleValue | None]) -> frozenset[Sca
     return frozenset(readings)
 
 
-RULE_BUILDERS: Final[Mapping[str, RuleBuilder]] = {
-    "=": _equal_rule,
-    **{name: _order_rule(name) for name in ORDERS},
-    "CONTAINS": _contains_rule,
-    "STARTS_WITH": _text_rule(str.startswith),
-    "ENDS_WITH": _text_rule(str.endswith),
-    "MATCHES": _matches_rule,
-    "IN": _in_rule,
-    "IS_NULL": _null_rule,
-}
-KNOWN_OPERATORS: Final = frozenset({*RULE_BUILDERS, *NEGATED, *CHANGE_OPERATORS})
+def _changed_rule(operator: Operator, value: str, field: FieldAddress) -> RulePlan:
+    """CHANGED: whether the field differs between the old row and the new."""
+    key, read = _change_of(field)
 
-
-def changed_plan(operator_name: str, address: FieldAddress, value: str | None) -> RulePlan:
-    # An explicit old./new. prefix is ignored: CHANGED* always compares the two records.
-    key = "changed:" + address.key.partition(":")[2]
-    read = change_reader(key, address)
-    if value is None or operator_name == "CHANGED":
-
-        def changed(view: EventView) -> bool | None:
-            change: ChangeReading = view.readings.get(key) or read(view)
-            return change[0]
-
-        return RulePlan(changed, key, read, None, address.column, ("{r}[0]", {}))
-    equal = _equal_test(value)
-    value_at = 1 if operator_name == "CHANGED_FROM" else 3  # the old value, or the new one
-
-    def check(view: EventView) -> bool | None:
+    def changed(view: EventView) -> bool | None:
         change: ChangeReading = view.readings.get(key) or read(view)
-        if not change[0]:
-            return change[0]
-        typname = change[value_at + 1]
-        return equal(change[value_at], typname if isinstance(typname, str) else None) is HOLDS
+        return change[0]
 
-    inline = f"({{r}}[0] and {{c}}equal({{r}}[{value_at}], {{r}}[{value_at + 1}]) is {{c}}holds)"
-    values = {"equal": equal, "holds": HOLDS}
-    return RulePlan(check, key, read, None, address.column, (inline, values))
+    return RulePlan(changed, key, read, None, field.column, ("{r}[0]", {}))
+
+
+def _changed_value_rule(value_at: int) -> RuleBuilder:
+    """CHANGED_TO (`value_at` 3: the new value) or CHANGED_FROM (1: the old one)."""
+
+    def build(operator: Operator, value: str, field: FieldAddress) -> RulePlan:
+        key, read = _change_of(field)
+        equal = _equal_test(value)
+
+        def check(view: EventView) -> bool | None:
+            change: ChangeReading = view.readings.get(key) or read(view)
+            if not change[0]:
+                return change[0]
+            typname = change[value_at + 1]
+            return equal(change[value_at], typname if isinstance(typname, str) else None) is HOLDS
+
+        inline = (
+            f"({{r}}[0] and {{c}}equal({{r}}[{value_at}], {{r}}[{value_at + 1}]) is {{c}}holds)"
+        )
+        values = {"equal": equal, "holds": HOLDS}
+        return RulePlan(check, key, read, None, field.column, (inline, values))
+
+    return build
+
+
+def _change_of(field: FieldAddress) -> tuple[str, Callable[[EventView], ChangeReading]]:
+    """The key and reader of the field's change in an UPDATE."""
+    # An explicit old./new. prefix is ignored: CHANGED* always compares the two records.
+    key = "changed:" + field.key.partition(":")[2]
+    return key, change_reader(key, field)
+
+
+def _one_value(value: str) -> tuple[RuleValue | None, ...]:
+    return (RuleValue.read(value),)
+
+
+def _registry(*operators: Operator) -> Mapping[str, Operator]:
+    return {name: entry for entry in operators for name in (entry.name, *entry.aliases)}
+
+
+OPERATORS: Final = _registry(
+    Operator("=", _equal_rule, typed_value=_one_value, aliases=("==",)),
+    Operator("!=", _equal_rule, negated=True, typed_value=_one_value, aliases=("<>",)),
+    Operator(">", _order_rule, typed_value=_one_value, order=Order(gt, bisect_left, True)),
+    Operator(">=", _order_rule, typed_value=_one_value, order=Order(ge, bisect_right, True)),
+    Operator("<", _order_rule, typed_value=_one_value, order=Order(lt, bisect_right, False)),
+    Operator("<=", _order_rule, typed_value=_one_value, order=Order(le, bisect_left, False)),
+    Operator("CONTAINS", _contains_rule, typed_value=_one_value, on_elements=True),
+    Operator(
+        "NOT_CONTAINS", _contains_rule, negated=True, typed_value=_one_value, on_elements=True
+    ),
+    Operator("STARTS_WITH", _text_rule(str.startswith)),
+    Operator("ENDS_WITH", _text_rule(str.endswith)),
+    Operator("MATCHES", _matches_rule),
+    Operator("IN", _in_rule, typed_value=parse_in_items),
+    Operator("NOT_IN", _in_rule, negated=True, typed_value=parse_in_items),
+    Operator("IS_NULL", _null_rule, needs_value=False),
+    Operator("IS_NOT_NULL", _null_rule, negated=True, needs_value=False),
+    Operator("CHANGED", _changed_rule, needs_value=False, reads_old_row=True),
+    Operator("CHANGED_TO", _changed_value_rule(3), typed_value=_one_value, reads_old_row=True),
+    Operator("CHANGED_FROM", _changed_value_rule(1), typed_value=_one_value, reads_old_row=True),
+)
+"""Every operator by each name it is written as (upper case)."""
+
+
+def operator_named(name: str) -> Operator:
+    """The operator `name` (any case, spaces around) names; Refused if none."""
+    found = OPERATORS.get(name.strip().upper())
+    if found is None:
+        raise Refused(f"unknown operator {name!r}")
+    return found
