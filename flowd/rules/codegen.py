@@ -144,9 +144,22 @@ class _Source:
         self.body = _Body(self.namespace, first_use=False)
 
     def classifier(self) -> BucketClassifier:
-        bucket, body, name = self.bucket, self.body, self.namespace.name
         rests = self._rests()
-        lines = body.lines
+        reads, eager = self._reads()
+        self._indexes(rests)
+        self._orders(rests)
+        self._negations()
+        self._unknown_changes(rests)
+        for scanned in self.bucket.scanned:
+            self._scan(scanned)
+        text = "\n".join(self._head(eager) + reads + self.body.lines + self._tail())
+        self.namespace.define([text])
+        classify: BucketClassifier = self.namespace.values["classify"]  # type: ignore[assignment]
+        return classify
+
+    def _reads(self) -> tuple[list[str], set[str]]:
+        """Statements reading each field an index is keyed by, and those fields."""
+        bucket, body = self.bucket, self.body
         reads = ["    types = view.column_types", "    readings = view.readings"]
         read_first = {key: rule for key, (rule, _) in bucket.index.items()}
         read_first |= {key: rule for key, (rule, _) in bucket.orders.items()}
@@ -156,15 +169,26 @@ class _Source:
             if rule.read_inline is None:
                 reads.append(f"    {local} = {reading}")
             else:  # for the rest functions
-                reads.append(f"    {local} = readings[{name(key, 'key')}] = {reading}")
+                reads.append(
+                    f"    {local} = readings[{self.namespace.name(key, 'key')}] = {reading}"
+                )
         eager = set(body.locals)
         body.known.update(eager)
-        for key, (_, by_key) in bucket.index.items():
+        return reads, eager
+
+    def _indexes(self, rests: Callable[[int | None], object]) -> None:
+        """The flows filed under the event's key of each field: tried."""
+        body, name = self.body, self.namespace.name
+        for key, (_, by_key) in self.bucket.index.items():
             index = {k: tuple((p, rests(n)) for p, n in filed) for k, filed in by_key.items()}
-            lines.append(f"    found = {name(index, 'index')}.get({body.local(key)}[4])")
-            lines.append("    if found is not None:")
+            body.lines.append(f"    found = {name(index, 'index')}.get({body.local(key)}[4])")
+            body.lines.append("    if found is not None:")
             self._try("found", 2)
-        for key, (_, by_kind) in bucket.orders.items():
+
+    def _orders(self, rests: Callable[[int | None], object]) -> None:
+        """The flows whose bound the field's value passes, by one bisection: tried."""
+        body = self.body
+        for key, (_, by_kind) in self.bucket.orders.items():
             groups: dict[Hashable, list[object]] = {}
             for (kind, operator_name), filed in by_kind.items():
                 filed.sort(key=itemgetter(0))
@@ -174,21 +198,25 @@ class _Source:
                 groups.setdefault(kind, []).append((cut, bounds, entries, below))
             orders = {kind: tuple(kind_groups) for kind, kind_groups in groups.items()}
             local = body.local(key)
-            lines += [
-                f"    groups = {name(orders, 'orders')}.get({local}[2])",
+            body.lines += [
+                f"    groups = {self.namespace.name(orders, 'orders')}.get({local}[2])",
                 f"    if groups is not None and {local}[3] is not None:",
                 "        for cut, bounds, entries, below in groups:",
                 f"            at = cut(bounds, {local}[3])",
                 "            found = entries[:at] if below else entries[at:]",
             ]
             self._try("found", 3)
-        extend = "matched.update" if bucket.repeats else "matched.extend"
-        for key, (_, negations) in bucket.negations.items():
+
+    def _negations(self) -> None:
+        """The flows whose negation holds for the event's key: matched."""
+        body, name = self.body, self.namespace.name
+        extend = "matched.update" if self.bucket.repeats else "matched.extend"
+        for key, (_, negations) in self.bucket.negations.items():
             if_key, if_other, if_null = _negation_index(negations)
             local, null_key = body.local(key), name(NULL_KEY, "null")
             other = f"{name(if_other, 'if_other')}.get({local}[2], {name(if_other[None], 'all')})"
             null = f"{name(if_null, 'if_null')}.get({local}[2], {name(if_null[None], 'null_all')})"
-            lines += [
+            body.lines += [
                 f"    if {local}[4] is {null_key}:",
                 f"        {extend}({null})",
                 f"    elif (found := {name(if_key, 'if_key')}.get({local}[4])) is not None:",
@@ -196,9 +224,14 @@ class _Source:
                 "    else:",
                 f"        {extend}({other})",
             ]
-        if bucket.unknown_changes:
+
+    def _unknown_changes(self, rests: Callable[[int | None], object]) -> None:
+        """Where the old row lacks a column a CHANGED* before a key reads: those flows'
+        rules before their key, for the report."""
+        lines, name = self.body.lines, self.namespace.name
+        if self.bucket.unknown_changes:
             lines.append("    old = view.old")
-        for column, watching in bucket.unknown_changes.items():
+        for column, watching in self.bucket.unknown_changes.items():
             watched = tuple((p, rests(n)) for p, n in watching)
             lines += [
                 f"    if {name(column, 'column')} not in old:",
@@ -206,14 +239,21 @@ class _Source:
                 "            if before_key(view, get) is None:",
                 "                lacking.append(position)",
             ]
-        for scanned in bucket.scanned:
-            self._scan(scanned)
+
+    def _head(self, eager: set[str]) -> list[str]:
+        """The function's first statements: what it matches into, the lazy locals."""
+        repeats = self.bucket.repeats
         # a set where one flow may match by more than one rule
-        head = ["def classify(view):", f"    matched = {'set()' if bucket.repeats else '[]'}"]
-        head += [f"    match = matched.{'add' if bucket.repeats else 'append'}", "    lacking = []"]
+        head = ["def classify(view):", f"    matched = {'set()' if repeats else '[]'}"]
+        head += [f"    match = matched.{'add' if repeats else 'append'}", "    lacking = []"]
         head.append("    get = view.readings.get")
-        if lazy := [local for key, local in body.locals.items() if key not in eager]:
+        if lazy := [local for key, local in self.body.locals.items() if key not in eager]:
             head.append(f"    {' = '.join(lazy)} = None")
+        return head
+
+    def _tail(self) -> list[str]:
+        """The function's last statements: the matched positions as a Classification."""
+        bucket, name = self.bucket, self.namespace.name
         pick = name(_picker(bucket.flows), "pick")
         # a Classification made as the tuple it is: its __new__ is a Python call
         new = f"{name(tuple.__new__, 'new')}({name(Classification, 'classification')}"
@@ -229,9 +269,7 @@ class _Source:
             if not bucket.scanned_only:  # else scanned in ascending order, once each
                 tail.append("    matched.sort()")
             tail.append(f"    return {new}, ({pick}(matched), ()))")
-        self.namespace.define(["\n".join(head + reads + lines + tail)])
-        classify: BucketClassifier = self.namespace.values["classify"]  # type: ignore[assignment]
-        return classify
+        return tail
 
     def _rests(self) -> Callable[[int | None], object]:
         """Defines the rest functions; gives the one of a number (None for None)."""
