@@ -13,8 +13,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flowd.catalog import is_system_schema
+from flowd.durations import parse_duration
 from flowd.errors import ConfigurationError, first_problem
-from flowd.rules.reltime import parse_duration
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 # Prefixes that belong to flowd but are not settings: template secrets, and the test suite's own.

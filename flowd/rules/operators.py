@@ -43,11 +43,6 @@ from flowd.rules.values import (
 )
 
 
-def _equal_test(value: str) -> FieldTest:
-    expected = RuleValue.read(value)
-    return lambda field, typname: equal_verdict(field, typname, expected)
-
-
 class Built(NamedTuple):
     """What a builder of a rule on the field's own reading makes of it (see `_on_field`)."""
 
@@ -78,7 +73,7 @@ class Operator:
 
     name: str
     build: RuleBuilder
-    negated: bool = False  # holds where the rule `build` makes of the positive fails (`!=`)
+    negated: bool = False  # the negation of the operator it shares `build` with (`!=`)
     needs_value: bool = True  # IS_NULL, IS_NOT_NULL and CHANGED take none
     # rule.value as it is read as the field's type (one value, or an IN list's items), for
     # `flowd validate`; None: it is taken as text whatever the field
@@ -303,6 +298,11 @@ def _changed_rule(operator: Operator, value: str, field: FieldAddress) -> RulePl
         return change[0]
 
     return RulePlan(changed, key, read, None, field.column, ("{r}[0]", {}))
+
+
+def _equal_test(value: str) -> FieldTest:
+    expected = RuleValue.read(value)
+    return lambda field, typname: equal_verdict(field, typname, expected)
 
 
 def _changed_value_rule(value_at: int) -> RuleBuilder:

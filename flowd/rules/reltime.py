@@ -15,18 +15,10 @@ from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-_DURATION: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")
-_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+from flowd.durations import parse_duration
+
 _RELATIVE: Final = re.compile(r"\s*now\s*(?:([+-])\s*(\S.*?))?\s*", re.IGNORECASE)
 _pinned: ContextVar[datetime | None] = ContextVar("flowd_evaluation_time", default=None)
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in `7d`, `12h`, `30m`, `45s` or a plain number of seconds."""
-    match = _DURATION.fullmatch(text)
-    if match is None:
-        raise ValueError("must be a duration such as 7d, 12h, 30m, 45s or 3600")
-    return float(match[1]) * _UNIT_SECONDS[match[2] or "s"]
 
 
 def parse_relative(text: str) -> timedelta | None:
