@@ -28,8 +28,6 @@ from flowd.rules.values import NULL_KEY
 
 __all__ = ["classifier"]
 
-# --------------------------------------------------------------------------- generating
-
 
 def classifier(bucket: FiledFlows) -> BucketClassifier:
     """The classifier of the events of a bucket filed so."""

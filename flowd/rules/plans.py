@@ -228,9 +228,6 @@ Scanned = tuple[int, FlowPlan | FlowPredicate, tuple[RulePlan, ...]]
 with its predicate alone (and no rules)."""
 BucketClassifier = Callable[[EventView], Classification]
 
-# An order rule's operator → (the bisection that counts the bounds below a value, whether
-# the rule holds for the bounds counted or for the others)
-
 
 @dataclass(slots=True, eq=False)
 class FiledFlows:
