@@ -17,7 +17,7 @@ from bench.naive import BucketedNaive, naive_classify
 from bench.peer import PeerEngine
 from bench.report import Row, Samples, render
 from flowd.models import ChangeEvent, Flow
-from flowd.rules.classify import build_index, forget_compiled
+from flowd.rules import build_index, forget_compiled
 
 __all__ = ["Disagreement", "run"]
 

@@ -30,7 +30,7 @@ def _status_kb(field: str) -> int:
 
 def _child(mode: str, flow_count: int, event_count: int) -> None:
     from bench.generate import Workload
-    from flowd.rules.classify import build_index
+    from flowd.rules import build_index
 
     workload = Workload.make(max(flow_count, 1))
     flows = workload.flows if mode != "empty" else ()

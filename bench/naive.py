@@ -1,6 +1,6 @@
 """A plainly written evaluator of `shared/spec/rules.md`: the baseline, and the oracle.
 
-Written from the spec alone, sharing no code with `flowd.rules.classify`: for every event it
+Written from the spec alone, sharing no code with `flowd.rules`: for every event it
 looks at every flow (or, bucketed, every flow of the event's table and type) and
 interprets each rule from its text, reading `rule.value` again each time. It is what a
 straightforward rule engine does, and an independent reading of the contract against

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flowd.catalog import is_system_schema
+from flowd.durations import parse_duration
 from flowd.errors import ConfigurationError, first_problem
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
@@ -307,18 +308,6 @@ def _is_network(item: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in `7d`, `12h`, `30m`, `45s` or a plain number of seconds."""
-    match = _DURATION.fullmatch(text)
-    if match is None:
-        raise ValueError("must be a duration such as 7d, 12h, 30m, 45s or 3600")
-    return float(match[1]) * _UNIT_SECONDS[match[2] or "s"]
 
 
 def env_names() -> dict[str, str]:

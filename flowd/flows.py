@@ -23,7 +23,7 @@ from flowd.errors import ConfigurationError, FlowDefinitionError, first_problem
 from flowd.logs import get_logger
 from flowd.models import Flow, parse_flow
 from flowd.policy import TablePolicy
-from flowd.rules.classify import CompiledFlow, FlowIndex, compile_flow
+from flowd.rules import CompiledFlow, FlowIndex, compile_flow
 from flowd.rules.cron import Schedule, schedule_of
 
 log = get_logger()

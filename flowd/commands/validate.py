@@ -30,7 +30,7 @@ from flowd.feeds.eventlog import CaptureTriggers
 from flowd.flows import Loaded
 from flowd.models import Action, Flow
 from flowd.policy import TablePolicy
-from flowd.rules.classify import check_rule_against_columns, compile_flow, needs_old_row
+from flowd.rules import check_rule_against_columns, compile_flow, needs_old_row
 from flowd.rules.cron import schedule_of
 from flowd.secrets import Secrets
 

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import re2
 
-from flowd.rules import limits
+from flowd.rules.limits import PATTERN
 
 Search = Callable[[str], bool]
 """A compiled pattern's test: whether it is found in a text."""
@@ -37,7 +37,7 @@ class PatternRefused(ValueError):
 def compile_search(pattern: str) -> Search:
     """The test of `pattern`: found anywhere in the text, case-sensitive (as Python's
     `re.search`); PatternRefused when the pattern is too long or RE2 refuses it."""
-    if (reason := limits.PATTERN.refusal(len(pattern))) is not None:
+    if (reason := PATTERN.refusal(len(pattern))) is not None:
         raise PatternRefused(reason)
     regexp = _RE2(_utf8(pattern), _OPTIONS)
     if not regexp.ok():

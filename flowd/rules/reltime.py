@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from flowd.config import parse_duration
+from flowd.durations import parse_duration
 
 _RELATIVE: Final = re.compile(r"\s*now\s*(?:([+-])\s*(\S.*?))?\s*", re.IGNORECASE)
 _pinned: ContextVar[datetime | None] = ContextVar("flowd_evaluation_time", default=None)

@@ -1,4 +1,4 @@
-"""flowd.rules.classify against shared/spec/rules.md: every operator, typed reading, corner case."""
+"""flowd.rules against shared/spec/rules.md: every operator, typed reading, corner case."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from flowd.errors import FlowDefinitionError
 from flowd.models import ChangeEvent, Flow, Rule
-from flowd.rules.classify import (
+from flowd.rules import (
     Classification,
     CompiledFlow,
     EventView,

@@ -14,7 +14,7 @@ import pytest
 from bench.generate import Workload
 from bench.naive import BucketedNaive, sees
 from flowd.models import ChangeEvent, Flow
-from flowd.rules.classify import build_index, compile_flow
+from flowd.rules import build_index, compile_flow
 
 
 @pytest.mark.parametrize("seed", range(1, 7))

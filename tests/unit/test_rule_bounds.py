@@ -9,8 +9,7 @@ import pytest
 
 from flowd.errors import FlowDefinitionError
 from flowd.models import Rule
-from flowd.rules import limits
-from flowd.rules.classify import check_rule_against_columns, compile_flow
+from flowd.rules import check_rule_against_columns, compile_flow, limits
 from tests.unit.test_classify import event, holds, make_flow
 
 EVIL_TEXT = "a" * 40 + "!"  # exponential for a backtracking engine on (a+)+$

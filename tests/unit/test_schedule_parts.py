@@ -13,7 +13,7 @@ from flowd.cli import parse_args
 from flowd.errors import ConfigurationError, FlowDefinitionError
 from flowd.flows import prepare
 from flowd.models import ChangeEvent, Flow, Rule, parse_flow
-from flowd.rules.classify import check_rule_against_columns, compile_flow
+from flowd.rules import check_rule_against_columns, compile_flow
 from flowd.rules.cron import parse_schedule, schedule_of
 from flowd.rules.reltime import evaluated_at, parse_relative
 
