@@ -152,6 +152,7 @@ class _Source:
             self._scan(scanned)
         text = "\n".join(self._head(eager) + reads + self.body.lines + self._tail())
         self.namespace.define([text])
+        # Generated code: the namespace holds objects of any type; this one is the classifier.
         classify: BucketClassifier = self.namespace.values["classify"]  # type: ignore[assignment]
         return classify
 
@@ -334,6 +335,7 @@ def _picker(flows: tuple[Flow, ...]) -> Callable[[Sequence[int]], tuple[Flow, ..
 
     def pick(positions: Sequence[int]) -> tuple[Flow, ...]:
         if len(positions) > 1:
+            # itemgetter of several positions returns a tuple; typeshed says Any.
             return itemgetter(*positions)(flows)  # type: ignore[no-any-return]
         return (flows[positions[0]],) if positions else ()
 

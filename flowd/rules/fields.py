@@ -178,6 +178,7 @@ def _json_reading(value: object, typname: str | None) -> Reading:
     """A value whose kind its JSON type says: below json/jsonb, or of no known column."""
     # exact types only: a bool is an int, which the table keeps apart
     kind = _JSON_KINDS.get(type(value))
+    # The ignores: `type(value)` was checked against the kind, which mypy cannot follow.
     if kind is TEXT:
         return (value, typname, kind, value, value)  # type: ignore[return-value]
     if kind is BOOL or type(value) is int:
