@@ -14,6 +14,7 @@ from datetime import datetime
 
 from flowd import flows as flow_store
 from flowd.app import App, open_app
+from flowd.commands.run import tick_runner
 from flowd.config import Settings
 from flowd.db import worker_id
 from flowd.errors import ConfigurationError
@@ -31,7 +32,8 @@ log = get_logger()
 async def main(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
     if args.schedule is not None:
         async with open_app(settings, secrets, database=True) as app:
-            summary = await run_once(app, args.schedule)
+            runner = tick_runner(app)
+            summary = await run_once(runner, await app.load_flows(), args.schedule)
         print(summary.line(), file=sys.stderr)
         return summary.exit_code
     if not (args.events or args.failed) and settings.delivery != "durable":
