@@ -16,9 +16,10 @@ from flowd import flows as flow_store
 from flowd.app import App, open_app
 from flowd.commands.run import tick_runner
 from flowd.config import Settings
+from flowd.daemon import Daemon
 from flowd.db import worker_id
 from flowd.errors import ConfigurationError
-from flowd.feeds.durable import drain
+from flowd.feeds.durable import EventLogFeed
 from flowd.feeds.eventlog import EventLog
 from flowd.feeds.files import good_events, open_events
 from flowd.feeds.schedule import run_once
@@ -49,7 +50,7 @@ async def main(args: argparse.Namespace, settings: Settings, secrets: Secrets) -
         elif args.failed:
             summary = await rerun_failed(app, since=args.since, flow_id=args.flow)
         elif args.events is None:
-            summary = await drain(app)
+            summary = await drain_event_log(app)
         else:
             summary = await replay(app, args.events, args.flows, force=args.force)
     print(summary.line(), file=sys.stderr)
@@ -67,6 +68,24 @@ async def dry_run(app: App, events_path: str, flows_file: str | None) -> Summary
             matched += bool(flow_ids)
             print(json.dumps({"line": number, "flows": flow_ids}), flush=True)
     summary.matched = matched
+    return summary
+
+
+async def drain_event_log(app: App) -> Summary:
+    """Durable delivery: the daemon on the event log until nothing is pending (as a burst)."""
+    settings = app.settings
+    feed = EventLogFeed(settings, app.database, app.available, app.recorder, until_idle=True)
+    summary = feed.summary
+    daemon = Daemon(
+        feed,
+        app.engine(await app.load_flows(), durable=True),
+        settings=settings,
+        load_flows=lambda current: app.load_flows(previous=current),
+        available=app.available,
+        ran=summary.add,
+        capacity=feed.capacity,
+    )
+    summary.cut_short = bool(await daemon.run_until_idle())
     return summary
 
 

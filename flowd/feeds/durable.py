@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from functools import partial
 from urllib.parse import urlsplit
 
 import asyncpg
 
-from flowd.app import App
 from flowd.backoff import Backoff
 from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT, Settings
 from flowd.db import DATABASE_ERRORS, is_outage, worker_id
@@ -41,8 +40,7 @@ from flowd.logs import get_logger
 from flowd.models import Column
 from flowd.ops.health import Health
 from flowd.outage import Availability
-from flowd.pipeline import Pipeline
-from flowd.record import GroupWriter, Recorder
+from flowd.record import Recorder
 from flowd.summary import Summary
 
 log = get_logger()
@@ -369,73 +367,3 @@ class EventLogFeed:
             events_released=len(leftover),
             executions_to_resume=sorted(self._recorder.in_flight),
         )
-
-
-async def drain(app: App) -> Summary:
-    """`flowd --once` in durable mode: handle every pending event, then return.
-
-    Events run FLOWD_CONCURRENCY at a time, in order per row; no more are claimed than can
-    start at once, so none waits out its lease in a queue.
-    """
-    settings = app.settings
-    flow_set = await app.load_flows()
-    await CaptureTriggers(app.database, settings.schema_name).sync(flow_set.tables.values())
-    engine = app.engine(flow_set, durable=True)
-    event_log = EventLog(
-        app.database, settings.schema_name, worker=worker_id(), lease_s=settings.lease_s
-    )
-
-    async def mark(event_ids: Sequence[int]) -> list[None]:
-        await app.available.until_done(partial(event_log.handled, event_ids))
-        return [None] * len(event_ids)
-
-    marks: GroupWriter[int, None] = GroupWriter(mark)
-    summary = Summary()
-
-    async def failed_try(event_id: int, reason: str) -> None:
-        summary.set_aside += await _count_failed_try(event_log, event_id, reason)
-
-    async def work(logged: LoggedEvent) -> None:
-        try:
-            summary.add(await engine.handle(logged.event, logged.cause))
-        except ExecutionTakenOver:
-            log.warning("event.taken_over", event_id=logged.event_id)
-            return
-        except Exception as exc:
-            if is_outage(exc):
-                raise
-            # a poison event: tried again, then set aside
-            await failed_try(logged.event_id, describe(exc))
-            return
-        await marks.submit(logged.event_id)
-
-    pipeline: Pipeline[LoggedEvent] = Pipeline(
-        work,
-        lambda logged: logged.row,
-        concurrency=settings.concurrency,
-        capacity=settings.concurrency,
-    )
-    dispatcher = asyncio.create_task(pipeline.run(), name="pipeline")
-    lookup = columns_of(flow_set)
-    seen: set[int] = set()  # an event tried again is one event
-    try:
-        while True:
-            await pipeline.room()
-            limit = settings.concurrency - pipeline.held
-            batch = await app.available.until_done(partial(event_log.claim, limit, lookup))
-            if not batch:
-                if not pipeline.held:
-                    break
-                await pipeline.idle()  # the next event of their rows becomes claimable
-                continue
-            for logged in batch:
-                if isinstance(logged, UnreadableEvent):
-                    await failed_try(logged.event_id, logged.reason)
-                    continue
-                summary.events += logged.event_id not in seen
-                seen.add(logged.event_id)
-                pipeline.put(logged)
-    finally:
-        dispatcher.cancel()
-        await asyncio.gather(dispatcher, return_exceptions=True)
-    return summary
