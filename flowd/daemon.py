@@ -218,7 +218,7 @@ class Daemon(Generic[Handle]):
         available = self._available
         while True:
             try:
-                return await self.engine.handle(work.event, work.cause)
+                return await self.engine.handle(work)
             except Exception as exc:
                 if not is_outage(exc) or self.stopping.is_set():
                     raise

@@ -19,6 +19,7 @@ from flowd.config import Settings
 from flowd.daemon import Daemon
 from flowd.db import worker_id
 from flowd.errors import ConfigurationError
+from flowd.feeds.base import Delivery, Work
 from flowd.feeds.durable import EventLogFeed
 from flowd.feeds.eventlog import EventLog
 from flowd.feeds.files import good_events, open_events
@@ -78,7 +79,7 @@ async def drain_event_log(app: App) -> Summary:
     summary = feed.summary
     daemon = Daemon(
         feed,
-        app.engine(await app.load_flows(), durable=True),
+        app.engine(await app.load_flows()),
         settings=settings,
         load_flows=lambda current: app.load_flows(previous=current),
         available=app.available,
@@ -94,11 +95,12 @@ async def replay(app: App, events_path: str, flows_file: str | None, *, force: b
     flows = await app.load_flows(flows_file)
     if flows_file is not None:
         await flow_store.require_stored(app.database, app.settings.schema_name, flows, flows_file)
-    engine = app.engine(flows, force=force)
+    engine = app.engine(flows)
+    delivery = Delivery.FORCED if force else Delivery.AT_MOST_ONCE
     summary = Summary()
     with open_events(events_path) as stream:
         for _, event in good_events(stream, summary):
-            summary.add(await engine.handle(event))
+            summary.add(await engine.handle(Work(event, None, delivery, None)))
     return summary
 
 

@@ -37,7 +37,7 @@ def _realtime(app: App, flow_set: FlowSet) -> tuple[Feed[Any], Engine]:
 
 def _event_log(app: App, flow_set: FlowSet) -> tuple[Feed[Any], Engine]:
     feed = EventLogFeed(app.settings, app.database, app.available, app.recorder)
-    return feed, app.engine(flow_set, durable=True)
+    return feed, app.engine(flow_set)
 
 
 FEEDS: dict[str, FeedFactory] = {"realtime": _realtime, "durable": _event_log}
@@ -46,9 +46,7 @@ FEEDS: dict[str, FeedFactory] = {"realtime": _realtime, "durable": _event_log}
 def tick_runner(app: App, **options: Any) -> TickRunner:
     """Runs ticks of scheduled flows through this app's engine (resumable: the tick's lease
     makes this worker the only one on its rows)."""
-    return TickRunner(
-        app.database, app.settings, lambda flows: app.engine(flows, durable=True), **options
-    )
+    return TickRunner(app.database, app.settings, app.engine, **options)
 
 
 def scheduler(app: App) -> SideTask:

@@ -262,7 +262,6 @@ class TickRunner:
         flows: FlowSet,
     ) -> None:
         flow = scheduled.flow
-        # durable: the tick's lease makes this worker the only one on its rows
         engine = self._engine_for(flows)
         columns = tuple(Column(name=c.name, type=c.typname) for c in table.columns.values())
         while True:
