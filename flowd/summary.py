@@ -15,11 +15,11 @@ class Summary:
     runs: Counter[str] = field(default_factory=Counter)
     matched: int | None = None  # set by a dry run: events that matched some flow
     set_aside: int = 0  # durable: poison events set aside (or, with --failed, listed)
-    cut_short: bool = False  # durable: a task of the daemon died (`daemon.task_died`)
+    task_died: bool = False  # durable: a task of the daemon died (`daemon.task_died`)
 
     @property
     def exit_code(self) -> int:
-        failed = self.bad_lines or self.set_aside or self.runs["FAILURE"] or self.cut_short
+        failed = self.bad_lines or self.set_aside or self.runs["FAILURE"] or self.task_died
         return 1 if failed else 0
 
     def add(self, runs: list[FlowRun]) -> None:

@@ -86,7 +86,7 @@ async def drain_event_log(app: App) -> Summary:
         ran=summary.add,
         capacity=feed.capacity,
     )
-    summary.cut_short = bool(await daemon.run_until_idle())
+    summary.task_died = bool(await daemon.run_until_idle())
     return summary
 
 
