@@ -181,7 +181,9 @@ class Daemon(Generic[Handle]):
         """Wait for `stop`; any other task that ends by itself also stops the daemon."""
         done, _ = await asyncio.wait({stop, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
-        died = [task for task in tasks if task in done]
+        # A task that returned in the same turn as the stop (the feed seeing it) ended by it.
+        stopped = stop in done
+        died = [task for task in tasks if task in done and not (stopped and _returned(task))]
         for task in died:
             # Exit non-zero, so the service manager restarts flowd.
             error = None if task.cancelled() else task.exception()
@@ -276,3 +278,8 @@ class Daemon(Generic[Handle]):
                 yield
             finally:
                 self._saved = None
+
+
+def _returned(task: asyncio.Task[None]) -> bool:
+    """The task ended without an error (and was not cancelled)."""
+    return not task.cancelled() and task.exception() is None
