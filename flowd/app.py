@@ -77,8 +77,6 @@ class App:
         self,
         flows: flow_store.FlowSet,
         *,
-        durable: bool = False,
-        force: bool = False,
         own_writes: OwnWrites | None = None,
     ) -> Engine:
         """An engine on these flows with this app's actions, execution log and settings."""
@@ -86,10 +84,8 @@ class App:
             flows,
             self.runner,
             self.recorder,
-            force=force,
             own_writes=own_writes,
             max_chain_depth=self.settings.max_chain_depth,
-            durable=durable,
         )
 
     @property

@@ -4,9 +4,10 @@ Used alike by `flowd --once` (events from a file) and `flowd run` (events from
 Realtime or the durable event log). The flow set can be swapped at any time (hot
 reload); an event uses the set it started with.
 
-With `durable=True` an execution left RUNNING by a dead process is resumed where it
-stopped (the event's lease makes this process its only worker), and every action is
-journalled as it finishes (see `act.Journal`).
+Each event comes as `Work` whose `Delivery` says what is promised: with a resumable one
+an execution left RUNNING by a dead process is resumed where it stopped (the event's
+lease makes this process its only worker), and every action is journalled as it
+finishes (see `act.Journal`); a forced one runs again what already ran.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from flowd.act import ActionRunner, Journal, RowsWritten
 from flowd.catalog import Table, quote_ident
 from flowd.chain import EXTERNAL, Cause, OwnWrites
 from flowd.errors import ExecutionTakenOver
+from flowd.feeds.base import Delivery, Work
 from flowd.flows import FlowSet
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent, Flow
@@ -52,16 +54,12 @@ class Engine:
         runner: ActionRunner,
         recorder: Recorder,
         *,
-        force: bool = False,
         own_writes: OwnWrites | None = None,
         max_chain_depth: int = 3,
-        durable: bool = False,
     ) -> None:
         self.flows = flows
         self._runner = runner
         self._recorder = recorder
-        self._force = force
-        self._durable = durable
         self._own_writes = own_writes
         self._max_chain_depth = max_chain_depth
         self._identity_warned: set[tuple[str, str]] = set()
@@ -100,16 +98,20 @@ class Engine:
             )
 
     async def run_scheduled(self, flow: Flow, event: ChangeEvent) -> FlowRun:
-        """Run `flow` for one row of its tick (the tick has already matched the row)."""
+        """Run `flow` for one row of its tick (the tick has already matched the row).
+
+        Resumable: the tick's lease makes this worker the only one on its rows."""
         with _event_context(event):
-            return await self._claim_and_run(self.flows, flow, event, EXTERNAL)
+            work = Work(event, EXTERNAL, Delivery.RESUMABLE, None)
+            return await self._claim_and_run(self.flows, flow, work, EXTERNAL)
 
-    async def handle(self, event: ChangeEvent, cause: Cause | None = None) -> list[FlowRun]:
-        """Run every matching flow for this event, once each.
+    async def handle(self, work: Work[object]) -> list[FlowRun]:
+        """Run every matching flow for this event, once each, as its delivery says.
 
-        `cause` says whether flowd's own write made the change (the durable log knows);
-        without it, recent own writes are recognised by their values.
+        Its `cause` says whether flowd's own write made the change (the durable log
+        knows); without one, recent own writes are recognised by their values.
         """
+        event, cause = work.event, work.cause
         with _event_context(event):
             flows = self.flows
             if cause is None:
@@ -130,7 +132,7 @@ class Engine:
                     max_chain_depth=self._max_chain_depth,
                 )
                 return []
-            return [await self._claim_and_run(flows, flow, event, cause) for flow in matched]
+            return [await self._claim_and_run(flows, flow, work, cause) for flow in matched]
 
     async def record_not_started(self, event: ChangeEvent, reason: str) -> None:
         """Record FAILURE for each flow this event matches, so `--failed` can run it later."""
@@ -144,29 +146,33 @@ class Engine:
     async def rerun(self, flow: Flow, event: ChangeEvent, execution_id: int) -> FlowRun:
         """Run a flow again under an execution already claimed (`--failed`)."""
         with _event_context(event):
-            return await self._run(self.flows, flow, event, Claim(execution_id), EXTERNAL)
+            claim = Claim(execution_id)
+            return await self._run(self.flows, flow, event, claim, EXTERNAL, Delivery.AT_MOST_ONCE)
 
     async def _claim_and_run(
-        self, flows: FlowSet, flow: Flow, event: ChangeEvent, cause: Cause
+        self, flows: FlowSet, flow: Flow, work: Work[object], cause: Cause
     ) -> FlowRun:
-        if not flows.actions[flow.flow_id] and not self._force:
-            return await self._record_without_actions(flow, event)
+        event, delivery = work.event, work.delivery
+        if not flows.actions[flow.flow_id] and not delivery.forced:
+            return await self._record_without_actions(flow, event, delivery)
         claim: Claim | None
-        if self._durable:
+        if delivery.resumable:
             claim = await self._recorder.claim_durable(flow, event)
         else:
-            execution_id = await self._recorder.claim(flow, event, force=self._force)
+            execution_id = await self._recorder.claim(flow, event, force=delivery.forced)
             claim = Claim(execution_id) if execution_id is not None else None
         if claim is None:
             log.info("flow.already_ran", flow_id=flow.flow_id)
             return FlowRun(flow.flow_id, None, "SKIPPED")
-        return await self._run(flows, flow, event, claim, cause)
+        return await self._run(flows, flow, event, claim, cause, delivery)
 
-    async def _record_without_actions(self, flow: Flow, event: ChangeEvent) -> FlowRun:
+    async def _record_without_actions(
+        self, flow: Flow, event: ChangeEvent, delivery: Delivery
+    ) -> FlowRun:
         """Nothing to run: the execution is written finished, in one write."""
         log_text = execution_log(flow, event, [])
         execution_id = await self._recorder.record_without_actions(
-            flow, event, log_text, durable=self._durable
+            flow, event, log_text, durable=delivery.resumable
         )
         if execution_id is None:
             log.info("flow.already_ran", flow_id=flow.flow_id)
@@ -181,7 +187,13 @@ class Engine:
         return FlowRun(flow.flow_id, execution_id, "SUCCESS")
 
     async def _run(
-        self, flows: FlowSet, flow: Flow, event: ChangeEvent, claim: Claim, cause: Cause
+        self,
+        flows: FlowSet,
+        flow: Flow,
+        event: ChangeEvent,
+        claim: Claim,
+        cause: Cause,
+        delivery: Delivery,
     ) -> FlowRun:
         execution_id = claim.execution_id
         with structlog.contextvars.bound_contextvars(
@@ -197,7 +209,7 @@ class Engine:
                     flows.actions[flow.flow_id],
                     event,
                     self._remembering(cause, flow),
-                    self._journal(claim, cause, flow),
+                    self._journal(claim, cause, flow, delivery),
                 )
                 status: Literal["SUCCESS", "FAILURE"] = (
                     "SUCCESS" if all(o.ok for o in outcomes) else "FAILURE"
@@ -209,7 +221,7 @@ class Engine:
                         status,
                         execution_log(flow, event, outcomes),
                         outcomes,
-                        run=claim.run if self._durable else None,
+                        run=claim.run if delivery.resumable else None,
                     )
                 )
             if not recorded:
@@ -222,8 +234,10 @@ class Engine:
             )
             return FlowRun(flow.flow_id, execution_id, status)
 
-    def _journal(self, claim: Claim, cause: Cause, flow: Flow) -> Journal | None:
-        if not self._durable:
+    def _journal(
+        self, claim: Claim, cause: Cause, flow: Flow, delivery: Delivery
+    ) -> Journal | None:
+        if not delivery.resumable:
             return None
         return self._recorder.journal(claim, cause.then(flow.flow_id))
 

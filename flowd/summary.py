@@ -15,10 +15,12 @@ class Summary:
     runs: Counter[str] = field(default_factory=Counter)
     matched: int | None = None  # set by a dry run: events that matched some flow
     set_aside: int = 0  # durable: poison events set aside (or, with --failed, listed)
+    task_died: bool = False  # durable: a task of the daemon died (`daemon.task_died`)
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.bad_lines or self.set_aside or self.runs["FAILURE"] else 0
+        failed = self.bad_lines or self.set_aside or self.runs["FAILURE"] or self.task_died
+        return 1 if failed else 0
 
     def add(self, runs: list[FlowRun]) -> None:
         self.runs.update(run.status for run in runs)

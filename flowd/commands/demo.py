@@ -24,9 +24,9 @@ from typing import Any
 import asyncpg
 
 from flowd.app import open_app
+from flowd.commands.run import build_daemon
 from flowd.config import Settings
 from flowd.errors import ConfigurationError
-from flowd.feeds.durable import DurableDaemon
 from flowd.feeds.eventlog import EventLog, LoggedEvent
 from flowd.local_postgres import TemporaryCluster, find_pg_bin
 from flowd.migrate import migrate
@@ -291,7 +291,7 @@ async def _run_changes(
         print(f"  {flow_id}. {name}")
     secrets = Secrets.from_environment(extra=["demo-service-role-key"])
     async with open_app(settings, secrets, database=True) as app:
-        daemon = DurableDaemon(app)
+        daemon = await build_daemon(app)
         running = asyncio.create_task(daemon.run())
         ready = asyncio.ensure_future(daemon.started.wait())
         await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)

@@ -14,10 +14,13 @@ from datetime import datetime
 
 from flowd import flows as flow_store
 from flowd.app import App, open_app
+from flowd.commands.run import tick_runner
 from flowd.config import Settings
+from flowd.daemon import Daemon
 from flowd.db import worker_id
 from flowd.errors import ConfigurationError
-from flowd.feeds.durable import drain
+from flowd.feeds.base import Delivery, Work
+from flowd.feeds.durable import EventLogFeed
 from flowd.feeds.eventlog import EventLog
 from flowd.feeds.files import good_events, open_events
 from flowd.feeds.schedule import run_once
@@ -31,7 +34,8 @@ log = get_logger()
 async def main(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
     if args.schedule is not None:
         async with open_app(settings, secrets, database=True) as app:
-            summary = await run_once(app, args.schedule)
+            runner = tick_runner(app)
+            summary = await run_once(runner, await app.load_flows(), args.schedule)
         print(summary.line(), file=sys.stderr)
         return summary.exit_code
     if not (args.events or args.failed) and settings.delivery != "durable":
@@ -47,7 +51,7 @@ async def main(args: argparse.Namespace, settings: Settings, secrets: Secrets) -
         elif args.failed:
             summary = await rerun_failed(app, since=args.since, flow_id=args.flow)
         elif args.events is None:
-            summary = await drain(app)
+            summary = await drain_event_log(app)
         else:
             summary = await replay(app, args.events, args.flows, force=args.force)
     print(summary.line(), file=sys.stderr)
@@ -68,16 +72,35 @@ async def dry_run(app: App, events_path: str, flows_file: str | None) -> Summary
     return summary
 
 
+async def drain_event_log(app: App) -> Summary:
+    """Durable delivery: the daemon on the event log until nothing is pending (as a burst)."""
+    settings = app.settings
+    feed = EventLogFeed(settings, app.database, app.available, app.recorder, until_idle=True)
+    summary = feed.summary
+    daemon = Daemon(
+        feed,
+        app.engine(await app.load_flows()),
+        settings=settings,
+        load_flows=lambda current: app.load_flows(previous=current),
+        available=app.available,
+        ran=summary.add,
+        capacity=feed.capacity,
+    )
+    summary.task_died = bool(await daemon.run_until_idle())
+    return summary
+
+
 async def replay(app: App, events_path: str, flows_file: str | None, *, force: bool) -> Summary:
     """Run every event of the file through classify → act → record."""
     flows = await app.load_flows(flows_file)
     if flows_file is not None:
         await flow_store.require_stored(app.database, app.settings.schema_name, flows, flows_file)
-    engine = app.engine(flows, force=force)
+    engine = app.engine(flows)
+    delivery = Delivery.FORCED if force else Delivery.AT_MOST_ONCE
     summary = Summary()
     with open_events(events_path) as stream:
         for _, event in good_events(stream, summary):
-            summary.add(await engine.handle(event))
+            summary.add(await engine.handle(Work(event, None, delivery, None)))
     return summary
 
 

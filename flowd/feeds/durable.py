@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from functools import partial
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
 
-from flowd.app import App
-from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT
-from flowd.daemon import Daemon
+from flowd.backoff import Backoff
+from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT, Settings
 from flowd.db import DATABASE_ERRORS, is_outage, worker_id
-from flowd.engine import Engine
 from flowd.errors import ExecutionTakenOver, describe
+from flowd.feeds.base import Delivery, Intake, SideTasks, Work
 from flowd.feeds.eventlog import (
     MAX_TRIES,
     CaptureTriggers,
@@ -38,18 +36,18 @@ from flowd.feeds.eventlog import (
     UnreadableEvent,
 )
 from flowd.flows import FlowSet
-from flowd.group_commit import GroupWriter
 from flowd.logs import get_logger
 from flowd.models import Column
-from flowd.ops import metrics
 from flowd.ops.health import Health
-from flowd.pipeline import Pipeline
+from flowd.outage import Availability
+from flowd.record import Recorder
 from flowd.summary import Summary
 
 log = get_logger()
 
 CLAIM_BATCH = 100
 _LISTENER_CHECK_S = 10.0
+_MARK_RETRY_S = 1.0
 
 
 def columns_of(flow_set: FlowSet) -> ColumnsOf:
@@ -85,31 +83,60 @@ async def _count_failed_try(event_log: EventLog, event_id: int, reason: str) -> 
     return True
 
 
-class DurableDaemon(Daemon[LoggedEvent]):
-    feed_name = "event-log"
+async def _sleep(seconds: float, *wakes: asyncio.Event) -> None:
+    """Sleep `seconds`, less if one of `wakes` is set."""
+    waits = [asyncio.ensure_future(wake.wait()) for wake in wakes]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
 
-    def __init__(self, app: App, *, save_events: Path | None = None) -> None:
-        super().__init__(app, save_events=save_events)
-        settings = app.settings
+
+class EventLogFeed:
+    """The event log, claimed under leases: resumable delivery.
+
+    With `until_idle` (`flowd --once`) it claims no more than can start at once, so none
+    waits out its lease in a queue, and stops once nothing is pending; `summary` counts
+    the events and those set aside."""
+
+    name = "event-log"
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: asyncpg.Pool,
+        available: Availability,
+        recorder: Recorder,
+        *,
+        until_idle: bool = False,
+    ) -> None:
+        self._settings = settings
         self._log = EventLog(
-            app.database, settings.schema_name, worker=worker_id(), lease_s=settings.lease_s
+            database, settings.schema_name, worker=worker_id(), lease_s=settings.lease_s
         )
-        self._triggers = CaptureTriggers(app.database, settings.schema_name)
+        self._triggers = CaptureTriggers(database, settings.schema_name)
+        self._available = available
+        self._recorder = recorder
+        self._until_idle = until_idle
+        self.capacity = settings.concurrency if until_idle else settings.queue_size
+        self._batch = self.capacity if until_idle else CLAIM_BATCH
+        self.summary = Summary()
+        self._seen: set[int] = set()  # until idle: an event tried again is one event
         self._wake = asyncio.Event()
         self._held: set[int] = set()  # claimed here; handled mark not yet written
         self._handled: list[int] = []  # handled; mark not yet written
         self._marking: set[int] = set()  # handled; mark being written
+        self._writing = asyncio.Lock()
         self._handled_added = asyncio.Event()
-        self._available = app.available
 
-    def _make_engine(self, flow_set: FlowSet) -> Engine:
-        return self._app.engine(flow_set, durable=True)
+    async def start(self, flow_set: FlowSet, intake: Intake[LoggedEvent]) -> None:
+        self._intake = intake
+        await self.flows_changed(flow_set)
+        if not self._until_idle:
+            await self._report_backlog()
 
-    async def _start(self, flow_set: FlowSet) -> None:
-        await self._flows_changed(flow_set)
-        await self._report_backlog()
-
-    def _watch_health(self, health: Health) -> None:
+    def watch_health(self, health: Health) -> None:
         """Every watched table carries the capture trigger."""
         health.add_check("capture", self._uncaptured)
 
@@ -117,88 +144,108 @@ class DurableDaemon(Daemon[LoggedEvent]):
         failed = self._trigger_sync.failed
         return f"no capture trigger on {', '.join(failed)}" if failed else None
 
-    async def _flows_changed(self, flow_set: FlowSet) -> None:
+    async def flows_changed(self, flow_set: FlowSet) -> None:
         self._columns_of = columns_of(flow_set)
         self._trigger_sync = await self._triggers.sync(flow_set.tables.values())
 
-    def _side_tasks(self) -> list[asyncio.Task[None]]:
-        return [
-            *super()._side_tasks(),
-            asyncio.create_task(self._write_handled_marks(), name="handled-marks"),
-            asyncio.create_task(self._renew_leases(), name="leases"),
-            asyncio.create_task(self._listen(), name="listener"),
-            asyncio.create_task(self._maintain(), name="maintenance"),
-        ]
+    def reload_signalled(self) -> None:
+        """The daemon reloads; nothing of the feed's own to retry."""
+
+    def side_tasks(self) -> SideTasks:
+        tasks = {"handled-marks": self._write_handled_marks(), "leases": self._renew_leases()}
+        if not self._until_idle:
+            tasks |= {"listener": self._listen(), "maintenance": self._maintain()}
+        return tasks
 
     # ------------------------------------------------------------------ the feed
 
-    async def _feed(self) -> None:
-        log.info("eventlog.started", worker=self._log.worker)
-        pause, failed = 1.0, False
-        while not self._stopping.is_set():
-            await self._pipeline.room()
-            limit = min(CLAIM_BATCH, self._settings.queue_size - self._pipeline.held)
+    async def run(self) -> None:
+        if not self._until_idle:
+            log.info("eventlog.started", worker=self._log.worker)
+        intake = self._intake
+        backoff, failed = Backoff(initial=1.0, maximum=30.0), False
+        while not intake.stopping.is_set():
+            await intake.room()
+            limit = min(self._batch, self.capacity - intake.held)
             self._wake.clear()  # before the claim: a change committed during it wakes us
             try:
-                # Only a failed claim can have committed unseen: then find what it leased.
-                known = self._held | set(self._handled) | self._marking if failed else None
-                events = await self._log.claim(limit, self._columns_of, known=known)
+                events = await self._claim(limit, failed)
             except Exception as exc:  # the feed must outlive any failure; the poll goes on
-                failed = True
+                if self._until_idle:
+                    raise
+                failed, pause = True, backoff.next()
                 self._available.failed(exc, "eventlog.claim_failed", retry_in_s=pause)
                 away = not self._available.up.is_set()
-                await self._sleep(pause, wake=self._available.up if away else None)
-                pause = min(pause * 2, 30.0)
+                await _sleep(pause, intake.stopping, *([self._available.up] if away else []))
                 continue
-            pause, failed = 1.0, False
+            backoff.reset()
+            failed = False
             for logged in events:
-                if isinstance(logged, UnreadableEvent):
-                    await _count_failed_try(self._log, logged.event_id, logged.reason)
-                    continue
-                if logged.event_id in self._held:
-                    continue  # its lease ran out during an outage, and it is still worked on here
-                metrics.event_received(logged.event.commit_timestamp)
-                self._held.add(logged.event_id)
-                self._save(logged.event)
-                self._pipeline.put(logged)
-            if len(events) < limit:
-                await self._sleep(self._settings.poll_interval_s, wake=self._wake)
+                await self._take(logged)
+            if self._until_idle:
+                if not events and not await self._settled():
+                    return
+            elif len(events) < limit:
+                await _sleep(self._settings.poll_interval_s, intake.stopping, self._wake)
 
-    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
-        """Sleep `seconds`, less if `wake` is set or the daemon stops."""
-        waits = [asyncio.ensure_future(self._stopping.wait())]
-        if wake is not None:
-            waits.append(asyncio.ensure_future(wake.wait()))
-        try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
+    async def _claim(self, limit: int, failed: bool) -> list[LoggedEvent | UnreadableEvent]:
+        if self._until_idle:  # an outage is waited out; any other failure ends the run
+            claim = partial(self._log.claim, limit, self._columns_of)
+            return await self._available.until_done(claim)
+        # Only a failed claim can have committed unseen: then find what it leased.
+        known = self._held | set(self._handled) | self._marking if failed else None
+        return await self._log.claim(limit, self._columns_of, known=known)
 
-    async def _work(self, item: LoggedEvent) -> None:
-        try:
-            handled = await self._handle_waiting_out_outages(item, item.event, item.cause)
-        except ExecutionTakenOver:
-            log.warning("event.taken_over", event_id=item.event_id)
-            handled = False
-        except Exception as exc:
-            if is_outage(exc):
-                raise  # shutting down during an outage: the lease is given back
-            # a poison event: tried again, then set aside
-            await _count_failed_try(self._log, item.event_id, describe(exc))
-            handled = False
-        finally:
-            self._held.discard(item.event_id)
-        if handled:
-            self._handled.append(item.event_id)
+    async def _take(self, logged: LoggedEvent | UnreadableEvent) -> None:
+        if isinstance(logged, UnreadableEvent):
+            await self._count_failed_try(logged.event_id, logged.reason)
+            return
+        if logged.event_id in self._held:
+            return  # its lease ran out during an outage, and it is still worked on here
+        if self._until_idle:
+            self.summary.events += logged.event_id not in self._seen
+            self._seen.add(logged.event_id)
+        self._held.add(logged.event_id)
+        self._intake.put(Work(logged.event, logged.cause, Delivery.RESUMABLE, logged))
+
+    async def _settled(self) -> bool:
+        """Until idle, nothing claimed: wait for the work held and its marks (the next
+        event of each of those rows may be claimed then); False when nothing was held."""
+        if not (self._intake.held or self._held or self._handled or self._marking):
+            return False
+        await self._intake.idle()
+        while True:
+            if await self._flush_handled():
+                return True
+            await asyncio.sleep(_MARK_RETRY_S)
+
+    async def _count_failed_try(self, event_id: int, reason: str) -> None:
+        self.summary.set_aside += await _count_failed_try(self._log, event_id, reason)
+
+    async def handled(self, work: Work[LoggedEvent], done: bool) -> None:
+        self._held.discard(work.handle.event_id)
+        if done:
+            self._handled.append(work.handle.event_id)
             self._handled_added.set()
 
-    def _row_key(self, item: LoggedEvent) -> Hashable:
-        return item.row
+    async def failed(self, work: Work[LoggedEvent], error: Exception) -> None:
+        event_id = work.handle.event_id
+        self._held.discard(event_id)
+        if isinstance(error, ExecutionTakenOver):
+            log.warning("event.taken_over", event_id=event_id)
+            return
+        if is_outage(error):
+            raise error  # shutting down during an outage: the lease is given back
+        # a poison event: tried again, then set aside
+        await self._count_failed_try(event_id, describe(error))
 
-    async def _still_ours(self, item: LoggedEvent) -> bool:
-        renewed = await self._available.until_done(lambda: self._log.renew([item.event_id]))
-        return item.event_id in renewed
+    def row_key(self, work: Work[LoggedEvent]) -> Hashable:
+        return work.handle.row
+
+    async def still_ours(self, work: Work[LoggedEvent]) -> bool:
+        event_id = work.handle.event_id
+        renewed = await self._available.until_done(lambda: self._log.renew([event_id]))
+        return event_id in renewed
 
     # ------------------------------------------------------------ side tasks
 
@@ -208,22 +255,23 @@ class DurableDaemon(Daemon[LoggedEvent]):
             await self._handled_added.wait()
             self._handled_added.clear()
             if not await self._flush_handled():
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(_MARK_RETRY_S)
                 self._handled_added.set()
 
     async def _flush_handled(self) -> bool:
-        batch, self._handled = self._handled, []
-        if not batch:
-            return True
-        self._marking = set(batch)
-        try:
-            await self._log.handled(batch)
-        except DATABASE_ERRORS as exc:
-            self._handled = batch + self._handled
-            self._available.failed(exc, "eventlog.mark_failed", retry_in_s=1.0)
-            return False
-        finally:
-            self._marking = set()
+        async with self._writing:  # after the write under way, if any
+            batch, self._handled = self._handled, []
+            if not batch:
+                return True
+            self._marking = set(batch)
+            try:
+                await self._log.handled(batch)
+            except DATABASE_ERRORS as exc:
+                self._handled = batch + self._handled
+                self._available.failed(exc, "eventlog.mark_failed", retry_in_s=_MARK_RETRY_S)
+                return False
+            finally:
+                self._marking = set()
         self._wake.set()  # the next event of each of these rows may be claimed now
         return True
 
@@ -249,24 +297,24 @@ class DurableDaemon(Daemon[LoggedEvent]):
         if urlsplit(url).port == SUPABASE_TRANSACTION_POOLER_PORT:
             log.info("eventlog.polling_only", reason="LISTEN needs a direct or session connection")
             return
-        pause = 1.0
+        backoff = Backoff(initial=1.0, maximum=30.0)
         while True:
             try:
                 connection = await asyncpg.connect(
                     url, server_settings={"application_name": "flowd"}
                 )
             except DATABASE_ERRORS as exc:
+                pause = backoff.next()
                 log.warning("eventlog.listen_failed", error=describe(exc), retry_in_s=pause)
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, 30.0)
                 continue
-            pause = 1.0
+            backoff.reset()
             try:
                 await connection.add_listener("flowd_events", lambda *_: self._wake.set())
-                await connection.add_listener("flowd_flows", lambda *_: self._reload.set())
+                await connection.add_listener("flowd_flows", lambda *_: self._intake.reload())
                 # Changes and flow edits may have come while nobody listened.
                 self._wake.set()
-                self._reload.set()
+                self._intake.reload()
                 while True:
                     await asyncio.sleep(_LISTENER_CHECK_S)
                     await connection.fetchval("SELECT 1")  # a dead connection hears nothing
@@ -303,87 +351,19 @@ class DurableDaemon(Daemon[LoggedEvent]):
 
     # -------------------------------------------------------------- shutdown
 
-    async def _finish(self, unfinished: list[LoggedEvent]) -> None:
+    async def finish(self, unfinished: list[Work[LoggedEvent]]) -> None:
         """Write the last marks; give back the leases of what was not finished."""
         await self._flush_handled()
-        leftover = set(self._held) | {logged.event_id for logged in unfinished}
+        leftover = set(self._held) | {work.handle.event_id for work in unfinished}
         try:
             if leftover:
                 await self._log.release(leftover)
         except DATABASE_ERRORS as exc:
             log.warning("eventlog.release_failed", error=describe(exc))
+        if self._until_idle:
+            return
         log.info(
             "shutdown.finished",
             events_released=len(leftover),
-            executions_to_resume=sorted(self._app.recorder.in_flight),
+            executions_to_resume=sorted(self._recorder.in_flight),
         )
-
-
-async def drain(app: App) -> Summary:
-    """`flowd --once` in durable mode: handle every pending event, then return.
-
-    Events run FLOWD_CONCURRENCY at a time, in order per row; no more are claimed than can
-    start at once, so none waits out its lease in a queue.
-    """
-    settings = app.settings
-    flow_set = await app.load_flows()
-    await CaptureTriggers(app.database, settings.schema_name).sync(flow_set.tables.values())
-    engine = app.engine(flow_set, durable=True)
-    event_log = EventLog(
-        app.database, settings.schema_name, worker=worker_id(), lease_s=settings.lease_s
-    )
-
-    async def mark(event_ids: Sequence[int]) -> list[None]:
-        await app.available.until_done(partial(event_log.handled, event_ids))
-        return [None] * len(event_ids)
-
-    marks: GroupWriter[int, None] = GroupWriter(mark)
-    summary = Summary()
-
-    async def failed_try(event_id: int, reason: str) -> None:
-        summary.set_aside += await _count_failed_try(event_log, event_id, reason)
-
-    async def work(logged: LoggedEvent) -> None:
-        try:
-            summary.add(await engine.handle(logged.event, logged.cause))
-        except ExecutionTakenOver:
-            log.warning("event.taken_over", event_id=logged.event_id)
-            return
-        except Exception as exc:
-            if is_outage(exc):
-                raise
-            # a poison event: tried again, then set aside
-            await failed_try(logged.event_id, describe(exc))
-            return
-        await marks.submit(logged.event_id)
-
-    pipeline: Pipeline[LoggedEvent] = Pipeline(
-        work,
-        lambda logged: logged.row,
-        concurrency=settings.concurrency,
-        capacity=settings.concurrency,
-    )
-    dispatcher = asyncio.create_task(pipeline.run(), name="pipeline")
-    lookup = columns_of(flow_set)
-    seen: set[int] = set()  # an event tried again is one event
-    try:
-        while True:
-            await pipeline.room()
-            limit = settings.concurrency - pipeline.held
-            batch = await app.available.until_done(partial(event_log.claim, limit, lookup))
-            if not batch:
-                if not pipeline.held:
-                    break
-                await pipeline.idle()  # the next event of their rows becomes claimable
-                continue
-            for logged in batch:
-                if isinstance(logged, UnreadableEvent):
-                    await failed_try(logged.event_id, logged.reason)
-                    continue
-                summary.events += logged.event_id not in seen
-                seen.add(logged.event_id)
-                pipeline.put(logged)
-    finally:
-        dispatcher.cancel()
-        await asyncio.gather(dispatcher, return_exceptions=True)
-    return summary

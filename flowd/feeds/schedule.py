@@ -24,10 +24,10 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from flowd.app import App
 from flowd.catalog import Table, quote_ident
+from flowd.config import Settings
 from flowd.db import DATABASE_ERRORS, worker_id
-from flowd.engine import FlowRun
+from flowd.engine import Engine, FlowRun
 from flowd.errors import ConfigurationError, describe
 from flowd.flows import FlowSet, ScheduledFlow
 from flowd.logs import get_logger
@@ -184,7 +184,9 @@ class TickRunner:
 
     def __init__(
         self,
-        app: App,
+        database: asyncpg.Pool,
+        settings: Settings,
+        engine_for: Callable[[FlowSet], Engine],
         *,
         worker: str | None = None,
         page_size: int = PAGE_SIZE,
@@ -192,10 +194,10 @@ class TickRunner:
         stopping: asyncio.Event | None = None,
         row_done: Callable[[int], None] | None = None,
     ) -> None:
-        settings = app.settings
-        self._app = app
+        self._database = database
+        self._engine_for = engine_for
         self.ticks = Ticks(
-            app.database, settings.schema_name, worker=worker or worker_id(), lease_s=lease_s
+            database, settings.schema_name, worker=worker or worker_id(), lease_s=lease_s
         )
         self._page_size = page_size
         self._max_rows = settings.schedule_max_rows
@@ -260,12 +262,11 @@ class TickRunner:
         flows: FlowSet,
     ) -> None:
         flow = scheduled.flow
-        # durable: the tick's lease makes this worker the only one on its rows
-        engine = self._app.engine(flows, durable=True)
+        engine = self._engine_for(flows)
         columns = tuple(Column(name=c.name, type=c.typname) for c in table.columns.values())
         while True:
             after = () if position is None else (position,)
-            rows = await self._app.database.fetch(
+            rows = await self._database.fetch(
                 _page_sql(table, first=position is None), self._page_size, *after
             )
             for row in rows:
@@ -436,9 +437,10 @@ class Scheduler:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def run_once(app: App, flow_id: int, clock: Clock | None = None) -> Summary:
+async def run_once(
+    runner: TickRunner, flows: FlowSet, flow_id: int, clock: Clock | None = None
+) -> Summary:
     """`flowd --once --schedule FLOW_ID`: one tick of the flow, now (to the second)."""
-    flows = await app.load_flows()
     scheduled = flows.schedules.get(flow_id)
     if scheduled is None:
         raise ConfigurationError(
@@ -446,7 +448,7 @@ async def run_once(app: App, flow_id: int, clock: Clock | None = None) -> Summar
             " (see `flowd validate` and the flow.refused log)"
         )
     now = (clock or SystemClock()).now().replace(microsecond=0)
-    result = await TickRunner(app).run(scheduled, now, flows)
+    result = await runner.run(scheduled, now, flows)
     summary = Summary()
     if result is not None:
         summary.events = result.rows_done

@@ -19,8 +19,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from flowd.app import App, open_app
+from flowd.commands.run import tick_runner
 from flowd.config import Settings
-from flowd.feeds.schedule import Scheduler, TickRunner
+from flowd.feeds.schedule import Scheduler
 from flowd.flows import FlowSet
 from flowd.secrets import Secrets
 from tests.support.flows import add_flow, executions
@@ -116,7 +117,7 @@ async def test_a_tick_runs_the_flow_once_for_each_matching_row(
     async with flowd_app(database_url) as app:
         flows = await app.load_flows()
         scheduled = flows.schedules[flow_id]
-        runner = TickRunner(app, page_size=3)
+        runner = tick_runner(app, page_size=3)
         first = await runner.run(scheduled, TICK, flows)
         assert await runner.run(scheduled, TICK, flows) is None  # finished: not again
         second = await runner.run(scheduled, TICK + timedelta(minutes=5), flows)
@@ -165,7 +166,7 @@ async def test_now_minus_one_day_selects_rows_relative_to_the_tick(
     await db.execute("UPDATE flows SET schedule = '0 9 * * *' WHERE flow_id = $1", flow_id)
     async with flowd_app(database_url) as app:
         flows = await app.load_flows()
-        await TickRunner(app).run(flows.schedules[flow_id], TICK, flows)
+        await tick_runner(app).run(flows.schedules[flow_id], TICK, flows)
     assert sorted(e["event"]["record"]["id"] for e in await executions(db)) == [2, 3]
 
 
@@ -179,8 +180,8 @@ async def test_two_replicas_run_a_tick_once(
     async with flowd_app(database_url) as one, flowd_app(database_url) as two:
         flows_one, flows_two = await one.load_flows(), await two.load_flows()
         results = await asyncio.gather(
-            TickRunner(one, page_size=2).run(flows_one.schedules[flow_id], TICK, flows_one),
-            TickRunner(two, page_size=2).run(flows_two.schedules[flow_id], TICK, flows_two),
+            tick_runner(one, page_size=2).run(flows_one.schedules[flow_id], TICK, flows_one),
+            tick_runner(two, page_size=2).run(flows_two.schedules[flow_id], TICK, flows_two),
         )
     assert sorted(result is None for result in results) == [False, True]
     assert set((await executions_per_row(db)).values()) == {1}
@@ -211,7 +212,7 @@ async def test_a_restart_mid_tick_finishes_it_without_repeating_rows(
     flow_id = await overdue_flow(db, http_target)
     async with flowd_app(database_url) as one:
         flows = await one.load_flows()
-        dying = TickRunner(one, page_size=3, row_done=crash_after(4))
+        dying = tick_runner(one, page_size=3, row_done=crash_after(4))
         with pytest.raises(Crash):
             await dying.run(flows.schedules[flow_id], TICK, flows)
     before = await db.fetchrow("SELECT last_key, rows_done, finished_at FROM flow_ticks")
@@ -222,7 +223,7 @@ async def test_a_restart_mid_tick_finishes_it_without_repeating_rows(
     async with flowd_app(database_url) as two:
         flows = await two.load_flows()
         with capture_logs() as logs:
-            result = await TickRunner(two, page_size=3).run(flows.schedules[flow_id], TICK, flows)
+            result = await tick_runner(two, page_size=3).run(flows.schedules[flow_id], TICK, flows)
     assert result is not None
     assert (result.rows_done, result.rows_matched) == (10, 5)
     assert [run.status for run in result.runs] == ["SUCCESS"] * 3  # 5, 8, 9
@@ -246,7 +247,7 @@ async def test_a_tick_stops_at_the_row_limit(
     async with flowd_app(database_url, FLOWD_SCHEDULE_MAX_ROWS=3) as app:
         flows = await app.load_flows()
         with capture_logs() as logs:
-            result = await TickRunner(app).run(flows.schedules[flow_id], TICK, flows)
+            result = await tick_runner(app).run(flows.schedules[flow_id], TICK, flows)
     assert result is not None
     assert result.rows_matched == 3
     assert [log["max_rows"] for log in logs if log["event"] == "schedule.max_rows"] == [3]
@@ -274,7 +275,7 @@ async def _until(check: Callable[[], Any], timeout_s: float = 20) -> None:
 
 
 def _scheduler(app: App, flows: FlowSet, clock: FakeClock) -> Scheduler:
-    return Scheduler(TickRunner(app), lambda: flows, clock=clock)
+    return Scheduler(tick_runner(app), lambda: flows, clock=clock)
 
 
 async def test_the_scheduler_fires_at_the_right_instants(
