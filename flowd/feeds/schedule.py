@@ -21,6 +21,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import asyncpg
 
@@ -32,7 +33,6 @@ from flowd.errors import ConfigurationError, describe
 from flowd.flows import FlowSet, ScheduledFlow
 from flowd.logs import get_logger
 from flowd.models import ChangeEvent, Column
-from flowd.rules.cron import Clock, SystemClock
 from flowd.rules.reltime import evaluated_at
 from flowd.summary import Summary
 
@@ -51,6 +51,24 @@ SET worker = excluded.worker, lease_until = excluded.lease_until, claims = t.cla
 WHERE t.finished_at IS NULL AND (t.lease_until < now() OR t.worker = excluded.worker)
 RETURNING last_key, rows_done, rows_matched, claims
 """
+
+
+class Clock(Protocol):
+    """What the scheduler knows of time."""
+
+    def now(self) -> datetime: ...
+
+    async def sleep_until(self, instant: datetime) -> None: ...
+
+
+class SystemClock:
+    """The wall clock."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def sleep_until(self, instant: datetime) -> None:
+        await asyncio.sleep(max(0.0, (instant - self.now()).total_seconds()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,16 +1,15 @@
-"""Cron: when a scheduled flow is due. Parsing, next and missed instants, the clock.
+"""Cron: when a scheduled flow is due. Parsing, next and missed instants.
 
-Pure but for the clock, which is injectable so that tests never sleep through minutes.
+Pure: the clock the scheduler reads and sleeps on is `flowd.feeds.schedule.Clock`.
 Instants are aware datetimes; a schedule's expression is read in its time zone
 (`schedule_tz`, UTC by default) and its instants are handed out in UTC.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flowd.errors import FlowDefinitionError
@@ -91,21 +90,3 @@ def schedule_of(flow: Flow) -> Schedule:
         return parse_schedule(flow.schedule, flow.schedule_tz)
     except ValueError as exc:
         raise FlowDefinitionError(flow.flow_id, "schedule", str(exc)) from None
-
-
-class Clock(Protocol):
-    """What the scheduler knows of time."""
-
-    def now(self) -> datetime: ...
-
-    async def sleep_until(self, instant: datetime) -> None: ...
-
-
-class SystemClock:
-    """The wall clock."""
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    async def sleep_until(self, instant: datetime) -> None:
-        await asyncio.sleep(max(0.0, (instant - self.now()).total_seconds()))

@@ -35,18 +35,7 @@ IO_IMPORTS = (
 RULES_MAY_IMPORT = ("flowd.rules", "flowd.models", "flowd.errors", "flowd.durations")
 
 # (rule, where, what): exactly what breaks the rules on main today.
-KNOWN_VIOLATIONS = {
-    ("app-root", "flowd/daemon.py", "flowd.app"),
-    ("app-root", "flowd/feeds/durable.py", "flowd.app"),
-    ("app-root", "flowd/feeds/realtime.py", "flowd.app"),
-    ("app-root", "flowd/feeds/schedule.py", "flowd.app"),
-    ("daemon-feed", "flowd/daemon.py", "flowd.feeds.schedule"),
-    ("feeds-up", "flowd/feeds/durable.py", "flowd.app"),
-    ("feeds-up", "flowd/feeds/realtime.py", "flowd.app"),
-    ("feeds-up", "flowd/feeds/schedule.py", "flowd.app"),
-    ("function-size", "flowd/feeds/durable.py", "drain"),
-    ("rules-io", "flowd/rules/cron.py", "asyncio"),  # the cron clock's sleep
-}
+KNOWN_VIOLATIONS: set[tuple[str, str, str]] = set()
 
 Violation = tuple[str, str, str]
 
