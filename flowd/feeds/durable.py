@@ -42,6 +42,7 @@ from flowd.ops.health import Health
 from flowd.outage import Availability
 from flowd.record import Recorder
 from flowd.summary import Summary
+from flowd.waits import first_of
 
 log = get_logger()
 
@@ -81,16 +82,6 @@ async def _count_failed_try(event_log: EventLog, event_id: int, reason: str) -> 
         return False
     log.error("event.set_aside", event_id=event_id, tries=tries, reason=reason)
     return True
-
-
-async def _sleep(seconds: float, *wakes: asyncio.Event) -> None:
-    """Sleep `seconds`, less if one of `wakes` is set."""
-    waits = [asyncio.ensure_future(wake.wait()) for wake in wakes]
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiting in waits:
-            waiting.cancel()
 
 
 class EventLogFeed:
@@ -176,7 +167,8 @@ class EventLogFeed:
                 failed, pause = True, backoff.next()
                 self._available.failed(exc, "eventlog.claim_failed", retry_in_s=pause)
                 away = not self._available.up.is_set()
-                await _sleep(pause, intake.stopping, *([self._available.up] if away else []))
+                wakes = [intake.stopping, *([self._available.up] if away else [])]
+                await first_of(asyncio.sleep(pause), *(wake.wait() for wake in wakes))
                 continue
             backoff.reset()
             failed = False
@@ -186,7 +178,8 @@ class EventLogFeed:
                 if not events and not await self._settled():
                     return
             elif len(events) < limit:
-                await _sleep(self._settings.poll_interval_s, intake.stopping, self._wake)
+                poll = asyncio.sleep(self._settings.poll_interval_s)
+                await first_of(poll, intake.stopping.wait(), self._wake.wait())
 
     async def _claim(self, limit: int, failed: bool) -> list[LoggedEvent | UnreadableEvent]:
         if self._until_idle:  # an outage is waited out; any other failure ends the run

@@ -45,6 +45,7 @@ from flowd.backoff import Backoff
 from flowd.catalog import REALTIME_PUBLICATION, quote_ident
 from flowd.errors import describe
 from flowd.logs import get_logger
+from flowd.waits import first_of
 
 log = get_logger()
 
@@ -328,7 +329,7 @@ class RealtimeSource:
                     await self._retire(current)
                     current = None
                     log.info("realtime.idle", reason="no flow needs a table that can be watched")
-                    await _first(stopping.wait(), self._changed.wait())
+                    await first_of(stopping.wait(), self._changed.wait())
                     continue
                 session = self._new_session(bindings)
                 reason = await self._open(session)
@@ -353,7 +354,7 @@ class RealtimeSource:
                 delay = random.uniform(ceiling / 2, ceiling)
                 log.warning("realtime.rebuilding", reason=reason, retry_in_s=round(delay, 2))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(_first(stopping.wait(), self._changed.wait()), delay)
+                    await asyncio.wait_for(first_of(stopping.wait(), self._changed.wait()), delay)
         finally:
             await self._retire(current)
 
@@ -377,7 +378,7 @@ class RealtimeSource:
         try:
             await asyncio.wait_for(session.open(), timing.ready_timeout)
             await asyncio.wait_for(
-                _first(session.live.wait(), session.trouble.wait()), timing.ready_timeout
+                first_of(session.live.wait(), session.trouble.wait()), timing.ready_timeout
             )
         except TimeoutError:
             return "not subscribed in time"
@@ -393,7 +394,7 @@ class RealtimeSource:
         next_probe = time.monotonic() + timing.heartbeat
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_first(stopping.wait(), self._changed.wait()), 0.25)
+                await asyncio.wait_for(first_of(stopping.wait(), self._changed.wait()), 0.25)
             if stopping.is_set():
                 return "stopping"
             if self._changed.is_set():
@@ -432,14 +433,3 @@ class RealtimeSource:
 
 def _describe(bindings: frozenset[Binding]) -> list[str]:
     return [f"{event} {schema}.{table}" for schema, table, event in sorted(bindings)]
-
-
-async def _first(*waits: Awaitable[Any]) -> None:
-    """Wait until the first of these completes; cancel the rest."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
