@@ -43,16 +43,22 @@ class GroupWriter(Generic[Request, Result]):
         return await future
 
     async def _drain(self) -> None:
-        while self._waiting:
-            batch = self._waiting[: self._max_batch]
-            del self._waiting[: self._max_batch]
-            try:
-                await self._write_group(batch)
-            except BaseException:  # cancelled: so are the callers still waiting
-                for _, future in batch:
-                    if not future.done():
-                        future.cancel()
-                raise
+        try:
+            while self._waiting:
+                batch = self._waiting[: self._max_batch]
+                del self._waiting[: self._max_batch]
+                try:
+                    await self._write_group(batch)
+                except BaseException:  # cancelled: so are the callers still waiting
+                    for _, future in batch:
+                        if not future.done():
+                            future.cancel()
+                    raise
+        finally:
+            # Out of `_running` in the same step that found nothing waiting: the done
+            # callback comes a loop turn later, and a request made in between would find
+            # every writer still counted, start none, and never be written.
+            self._running.discard(asyncio.current_task())
 
     async def _write_group(self, batch: list[tuple[Request, asyncio.Future[Result]]]) -> None:
         """Write `batch` and give each caller its result or the failure of its own request."""
