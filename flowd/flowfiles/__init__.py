@@ -10,7 +10,7 @@ JSON array (or `{"flows": [...]}`) of flows with an integer `flow_id`, still rea
 flows back, deterministically, so that export → apply → export gives the same bytes.
 """
 
-from flowd.flowfiles.read import FileProblem, FlowsRead, read_flows
+from flowd.flowfiles.read import SUFFIXES, FileProblem, FlowsRead, read_flows
 from flowd.flowfiles.spec import (
     KEY_PATTERN,
     ActionSpec,
@@ -20,15 +20,17 @@ from flowd.flowfiles.spec import (
     slugify,
     spec_of,
 )
-from flowd.flowfiles.write import FORMATS, dump, export
+from flowd.flowfiles.write import FORMATS, Format, dump, export
 
 __all__ = [
     "FORMATS",
     "KEY_PATTERN",
+    "SUFFIXES",
     "ActionSpec",
     "FileProblem",
     "FlowSpec",
     "FlowsRead",
+    "Format",
     "RuleSpec",
     "derive_keys",
     "dump",
