@@ -216,3 +216,36 @@ async def test_validate_reads_a_directory_and_names_file_line_flow_and_field(
         f"flowd: {tmp_path}/c.yaml:2:1: YAML syntax error:"
         " expected ',' or ']', but got '<stream end>'"
     ]
+
+
+async def test_the_shipped_example_flows_validate_and_notify_pm_fires(
+    db: asyncpg.Connection, database_url: str, http_target: HttpTarget, tmp_path: Path
+) -> None:
+    """examples/flows validate against a database with a tasks table; README's Notify PM,
+    from its YAML file, sends its request and sets the status."""
+    examples = Path(__file__).parents[2] / "examples" / "flows"
+    env = {
+        "DATABASE_URL": database_url,
+        "SUPABASE_URL": http_target.url,
+        "SUPABASE_SERVICE_ROLE_KEY": "service-role-key-for-tests",
+    }
+    await db.execute("ALTER TABLE tasks REPLICA IDENTITY FULL")  # the CHANGED_TO flow needs it
+    checked = await run_flowd("validate", "--flows", str(examples), env=env)
+    assert checked.code == 0, checked.stdout + checked.stderr
+    notify = (examples / "notify-pm.yaml").read_text()
+    local = notify.replace("https://hooks.slack.com", http_target.url)
+    assert local != notify
+    (tmp_path / "notify-pm.yaml").write_text(local)
+    await insert_specs(db, read_flows(tmp_path / "notify-pm.yaml").flows)
+    await db.execute(
+        "INSERT INTO tasks (id, title, priority, status) VALUES (5, 'Ship', 'High', 'open')"
+    )
+    event = frame("insert_event")["payload"]["data"]
+    event["record"] = {**event["record"], "id": 5, "title": "Ship", "priority": "High"}
+    (tmp_path / "e.jsonl").write_text(json.dumps(event) + "\n")
+    env = {"DATABASE_URL": database_url, "FLOWD_SECRET_SLACK_PATH": "T000/B000/XXXX"}
+    ran = await run_flowd("--once", "--events", str(tmp_path / "e.jsonl"), env=env)
+    assert ran.code == 0, ran.stderr
+    [request] = http_target.requests_to("/services/T000/B000/XXXX")
+    assert request.json() == {"text": "High priority: Ship"}
+    assert await db.fetchval("SELECT status FROM tasks WHERE id = 5") == "In Progress"

@@ -230,6 +230,13 @@ def test_the_shipped_example_flows_are_written_as_flowd_writes_them() -> None:
         assert dump(spec, "yaml") == path.read_text(), path
 
 
+def test_readme_shows_the_shipped_notify_pm_flow() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    section = readme.split("## Flows as files", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert block == (EXAMPLES / "flows" / "notify-pm.yaml").read_text()
+
+
 def test_yaml_writes_templates_as_block_literals_and_config_keys_sorted() -> None:
     config = {"url": "u", "body": "a\nb\n", "method": "*"}
     spec = FlowSpec.model_validate(
