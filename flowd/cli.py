@@ -172,9 +172,9 @@ def run_cli(argv: Sequence[str]) -> int:
         dry_run = args.command == "run" and args.dry_run
         if args.command == "demo":  # the demo tells its own story; only problems are logged
             settings = settings.model_copy(update={"log_level": "warning"})
-        # --dry-run's results own stdout; its logs go to stderr so the two never mix.
+        # --dry-run's results (and `flows`' files, tables) own stdout; logs go to stderr.
         secrets = load_secrets(settings)
-        configure_logging(settings, secrets, to_stderr=dry_run or args.command == "demo")
+        configure_logging(settings, secrets, to_stderr=dry_run or args.command in ("demo", "flows"))
         return asyncio.run(_dispatch(args, settings, secrets))
     except ConfigurationError as exc:
         if verbose:

@@ -143,17 +143,20 @@ def load_from_file(path: Path) -> list[Loaded]:
         elif isinstance(entry, ReadFlow):
             loaded.append(entry.spec.to_flow(-number))
         else:
-            where = entry.file + (f":{entry.mark[0]}:{entry.mark[1]}" if entry.mark else "")
-            reason = (f"{entry.field}: " if entry.field else "") + entry.message
-            loaded.append(FlowFileError(-number, where, reason, entry.line()))
+            loaded.append(FlowFileError(-number, entry.location, entry.reason, entry.line()))
     return loaded
+
+
+def _stand_in(flow: Flow) -> bool:
+    """Whether `flow` is a flows file's keyed flow under its stand-in id."""
+    return flow.key is not None and flow.flow_id < 0
 
 
 async def with_stored_ids(
     loaded: list[Loaded], database: asyncpg.Pool | asyncpg.Connection, schema: str
 ) -> list[Loaded]:
     """`loaded` with each keyed flow under the id of the database's flow of its key (if any)."""
-    keys = [item.key for item in loaded if isinstance(item, Flow) and item.flow_id < 0]
+    keys = [item.key for item in loaded if isinstance(item, Flow) and _stand_in(item)]
     if not keys:
         return loaded
     try:
@@ -168,7 +171,7 @@ async def with_stored_ids(
     ids = {row["key"]: row["flow_id"] for row in rows}
     return [
         replace(item, flow_id=ids[item.key])
-        if isinstance(item, Flow) and item.flow_id < 0 and item.key in ids
+        if isinstance(item, Flow) and _stand_in(item) and item.key in ids
         else item
         for item in loaded
     ]
@@ -188,9 +191,10 @@ async def require_stored(
         raise ConfigurationError(
             f"flowd's tables are not in schema {schema}: run `flowd migrate` first"
         ) from None
-    missing = sorted(set(flows.by_id) - {row["flow_id"] for row in stored})
-    keys = [str(flows.by_id[flow_id].key) for flow_id in missing if flow_id < 0]
-    ids = [str(flow_id) for flow_id in missing if flow_id >= 0]
+    known = {row["flow_id"] for row in stored}
+    missing = [flows.by_id[flow_id] for flow_id in sorted(set(flows.by_id) - known)]
+    keys = [str(flow.key) for flow in missing if _stand_in(flow)]
+    ids = [str(flow.flow_id) for flow in missing if not _stand_in(flow)]
     if missing:
         named = ([f"key(s) {', '.join(keys)}"] if keys else []) + (
             [f"id(s) {', '.join(ids)}"] if ids else []

@@ -61,9 +61,16 @@ class FileProblem:
     field: str | None  # a path such as actions[0].config
     message: str
 
+    @property
+    def location(self) -> str:
+        return self.file + (f":{self.mark[0]}:{self.mark[1]}" if self.mark else "")
+
+    @property
+    def reason(self) -> str:
+        return (f"{self.field}: " if self.field else "") + self.message
+
     def line(self) -> str:
-        where = self.file + (f":{self.mark[0]}:{self.mark[1]}" if self.mark else "")
-        return f"{where}: {self.flow}: " + (f"{self.field}: " if self.field else "") + self.message
+        return f"{self.location}: {self.flow}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)
