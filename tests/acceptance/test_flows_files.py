@@ -89,6 +89,18 @@ async def test_export_writes_every_flow_to_a_directory_a_file_or_stdout(
     assert to_stdout.stdout == (tmp_path / "all.yaml").read_text()
     assert as_json.stdout == (tmp_path / "all.json").read_text()
     assert json.loads(as_json.stdout)[0]["is_enabled"] is False
+    mismatch = await run_flowd(
+        "flows",
+        "export",
+        "--format",
+        "json",
+        "-o",
+        str(tmp_path / "x.yaml"),
+        env=_env(database_url),
+    )
+    assert mismatch.code == 2
+    assert mismatch.stderr.strip() == "flowd: --format json does not go with x.yaml"
+    assert not (tmp_path / "x.yaml").exists()
 
 
 async def test_export_insert_into_an_empty_database_export_gives_the_same_bytes(
