@@ -140,8 +140,8 @@ def _parse(file: Path) -> tuple[Any, dict[Where, Mark]]:
     try:
         if file.suffix == ".json":
             return json.loads(text), _marks_of(text)
-        node = _compose(text)
-        return (_Loader(text).construct_document(node) if node else None), _marks(node, ())
+        document, node = _load_yaml(text)
+        return document, _marks(node, ())
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"flows file {file} is not JSON: {exc}") from None
     except yaml.MarkedYAMLError as exc:
@@ -152,6 +152,15 @@ def _parse(file: Path) -> tuple[Any, dict[Where, Mark]]:
         raise ConfigurationError(f"{file}: YAML syntax error: {exc}") from None
     except RecursionError:
         raise ConfigurationError(f"flows file {file} is nested too deeply") from None
+
+
+def _load_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
+    finally:
+        loader.dispose()
 
 
 def _compose(text: str) -> yaml.Node | None:
