@@ -195,6 +195,10 @@ def test_one_bad_flow_is_refused_alone_with_its_line(tmp_path: Path) -> None:
             "key: &a k\nname: *a\ntrigger_table: t\n",
             "f.yaml:2:7: YAML syntax error: aliases (*name) are not allowed here",
         ),
+        (
+            "key: !!python/object/apply:os.system ['true']\n",
+            "f.yaml:1:6: YAML syntax error: could not determine a constructor for the tag",
+        ),
         ("42\n", "f.yaml must hold a flow or a list of flows"),
     ],
 )
