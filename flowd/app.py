@@ -59,7 +59,10 @@ class App:
     async def flow_definitions(self, flows_file: str | None = None) -> list[flow_store.Loaded]:
         """Every flow as written: from a flows file, else from the database."""
         if flows_file is not None:
-            return flow_store.load_from_file(Path(flows_file))
+            loaded = flow_store.load_from_file(Path(flows_file))
+            if self.pool is None:
+                return loaded
+            return await flow_store.with_stored_ids(loaded, self.pool, self.settings.schema_name)
         return await self.database_flows.load(self.database, self.settings.schema_name)
 
     async def load_flows(

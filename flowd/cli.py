@@ -16,14 +16,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import NoReturn
 
+from flowd import flowfiles
 from flowd.app import configure_logging, load_secrets
-from flowd.commands import migrate, once, run, validate
+from flowd.commands import flows, migrate, once, run, validate
 from flowd.config import Settings, env_names, load_settings
 from flowd.errors import ConfigurationError, DatabaseUnreachable
 from flowd.logs import get_logger
 from flowd.secrets import Secrets
 
-COMMANDS = ("run", "migrate", "validate", "demo")
+COMMANDS = ("run", "migrate", "validate", "demo", "flows")
 EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL
 log = get_logger()
 
@@ -66,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="only print the flows each event matches"
     )
     run.add_argument(
-        "--flows", metavar="FILE", help="take flows from this JSON file, not the database"
+        "--flows",
+        metavar="PATH",
+        help="take flows from this flows file (YAML, JSON) or directory, not the database",
     )
     run.add_argument("--force", action="store_true", help="run flows even where they already ran")
     run.add_argument("--failed", action="store_true", help="re-run executions that ended FAILURE")
@@ -83,10 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("migrate", help="apply flowd's migrations to DATABASE_URL")
     check = commands.add_parser("validate", help="check every flow and list the problems")
-    check.add_argument("--flows", metavar="FILE", help="check the flows of this file instead")
+    check.add_argument(
+        "--flows", metavar="PATH", help="check the flows of this file (or directory) instead"
+    )
+    _add_flows_commands(commands)
     for sub in commands.choices.values():
         sub.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     return parser
+
+
+def _add_flows_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
+    group = commands.add_parser("flows", help="the database's flows as files, and at a glance")
+    flows_commands = group.add_subparsers(dest="flows_command", required=True, parser_class=_Parser)
+    export = flows_commands.add_parser("export", help="write every flow of the database")
+    export.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE|DIR",
+        help="a .yaml/.yml/.json file (one list), else a directory (a file per flow);"
+        " stdout without it",
+    )
+    export.add_argument("--format", choices=flowfiles.FORMATS, help="yaml (default) or json")
+    flows_commands.add_parser("list", help="each flow in a line, with its last 24 h")
+    for sub in flows_commands.choices.values():
+        sub.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -131,6 +154,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, secrets: Secre
         return await migrate.main(settings, secrets)
     if args.command == "validate":
         return await validate.main(args, settings, secrets)
+    if args.command == "flows":
+        return await flows.main(args, settings, secrets)
     if args.once:
         return await once.main(args, settings, secrets)
     try:
@@ -147,9 +172,9 @@ def run_cli(argv: Sequence[str]) -> int:
         dry_run = args.command == "run" and args.dry_run
         if args.command == "demo":  # the demo tells its own story; only problems are logged
             settings = settings.model_copy(update={"log_level": "warning"})
-        # --dry-run's results own stdout; its logs go to stderr so the two never mix.
+        # --dry-run's results (and `flows`' files, tables) own stdout; logs go to stderr.
         secrets = load_secrets(settings)
-        configure_logging(settings, secrets, to_stderr=dry_run or args.command == "demo")
+        configure_logging(settings, secrets, to_stderr=dry_run or args.command in ("demo", "flows"))
         return asyncio.run(_dispatch(args, settings, secrets))
     except ConfigurationError as exc:
         if verbose:

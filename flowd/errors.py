@@ -6,6 +6,7 @@
     │       └── DatabaseUnreachable   no answer (network, down): `flowd run` exits 75
     ├── EventError                an input line is not a change event
     ├── FlowDefinitionError       a flow cannot work and is refused
+    │   └── FlowFileError         a flow of a flows file cannot be read
     ├── ExecutionTakenOver        another process carried on a durable execution
     └── ActionError               an action failed
         ├── PermanentActionError  retrying cannot help (4xx, bad template, bad config)
@@ -65,6 +66,14 @@ class FlowDefinitionError(FlowdError):
         self.where = where
         self.reason = reason
         super().__init__(f"flow {flow_id}: {where}: {reason}")
+
+
+class FlowFileError(FlowDefinitionError):
+    """A flow of a flows file cannot be read; `line` says where and what, in one line."""
+
+    def __init__(self, flow_id: int, where: str, reason: str, line: str) -> None:
+        super().__init__(flow_id, where, reason)
+        self.line = line
 
 
 class ExecutionTakenOver(FlowdError):

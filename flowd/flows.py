@@ -10,16 +10,17 @@ import hashlib
 import json
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pydantic
 
-from flowd import act
+from flowd import act, flowfiles
 from flowd.catalog import Catalog, Table, quote_ident
-from flowd.errors import ConfigurationError, FlowDefinitionError, first_problem
+from flowd.errors import ConfigurationError, FlowDefinitionError, FlowFileError, first_problem
+from flowd.flowfiles.read import LegacyFlow, ReadFlow
 from flowd.logs import get_logger
 from flowd.models import Flow, parse_flow
 from flowd.policy import TablePolicy
@@ -29,7 +30,7 @@ from flowd.rules.cron import Schedule, schedule_of
 log = get_logger()
 
 _FLOWS_SQL = """
-SELECT f.flow_id, f.name, f.trigger_table, f.trigger_event, f.is_enabled, f.match,
+SELECT f.flow_id, f.key, f.name, f.trigger_table, f.trigger_event, f.is_enabled, f.match,
        f.schedule, f.schedule_tz,
        COALESCE((SELECT jsonb_agg(jsonb_build_object('rule_id', r.rule_id, 'field', r.field,
                                                      'operator', r.operator, 'value', r.value)
@@ -130,26 +131,50 @@ def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def load_from_file(path: Path) -> list[Loaded]:
-    """Flows from a flows file: a JSON array, or an object whose `flows` key holds one."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read flows file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigurationError(f"flows file {path} is not UTF-8 text: {exc.reason}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigurationError(f"flows file {path} is not JSON: {exc}") from None
-    except RecursionError:
-        raise ConfigurationError(f"flows file {path} is nested too deeply") from None
-    entries = document.get("flows") if isinstance(document, dict) else document
-    if not isinstance(entries, list):
-        raise ConfigurationError(f"flows file {path} must hold a JSON array of flows")
-    loaded = []
-    for number, entry in enumerate(entries, start=1):
-        if not isinstance(entry, dict) or not isinstance(entry.get("flow_id"), int):
-            raise ConfigurationError(f"flows file {path}: flow #{number} has no integer flow_id")
-        loaded.append(_flow_from(entry))
+    """Flows from a flows file or a directory of them (`flowd.flowfiles`).
+
+    A flow written with a key and no flow_id gets a stand-in id, minus its place in the
+    file(s), until `with_stored_ids` gives it the id of the database's flow of that key.
+    """
+    loaded: list[Loaded] = []
+    for number, entry in enumerate(flowfiles.read_flows(path).entries, start=1):
+        if isinstance(entry, LegacyFlow):
+            loaded.append(_flow_from(entry.entry))
+        elif isinstance(entry, ReadFlow):
+            loaded.append(entry.spec.to_flow(-number))
+        else:
+            loaded.append(FlowFileError(-number, entry.location, entry.reason, entry.line()))
     return loaded
+
+
+def _stand_in(flow: Flow) -> bool:
+    """Whether `flow` is a flows file's keyed flow under its stand-in id."""
+    return flow.key is not None and flow.flow_id < 0
+
+
+async def with_stored_ids(
+    loaded: list[Loaded], database: asyncpg.Pool | asyncpg.Connection, schema: str
+) -> list[Loaded]:
+    """`loaded` with each keyed flow under the id of the database's flow of its key (if any)."""
+    keys = [item.key for item in loaded if isinstance(item, Flow) and _stand_in(item)]
+    if not keys:
+        return loaded
+    try:
+        rows = await database.fetch(
+            f"SELECT key, flow_id FROM {quote_ident(schema)}.flows WHERE key = ANY($1::text[])",
+            keys,
+        )
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+        raise ConfigurationError(
+            f"flowd's tables in schema {schema} have no flow keys: run `flowd migrate` first"
+        ) from None
+    ids = {row["key"]: row["flow_id"] for row in rows}
+    return [
+        replace(item, flow_id=ids[item.key])
+        if isinstance(item, Flow) and _stand_in(item) and item.key in ids
+        else item
+        for item in loaded
+    ]
 
 
 async def require_stored(
@@ -166,10 +191,16 @@ async def require_stored(
         raise ConfigurationError(
             f"flowd's tables are not in schema {schema}: run `flowd migrate` first"
         ) from None
-    missing = sorted(set(flows.by_id) - {row["flow_id"] for row in stored})
+    known = {row["flow_id"] for row in stored}
+    missing = [flows.by_id[flow_id] for flow_id in sorted(set(flows.by_id) - known)]
+    keys = [str(flow.key) for flow in missing if _stand_in(flow)]
+    ids = [str(flow.flow_id) for flow in missing if not _stand_in(flow)]
     if missing:
+        named = ([f"key(s) {', '.join(keys)}"] if keys else []) + (
+            [f"id(s) {', '.join(ids)}"] if ids else []
+        )
         raise ConfigurationError(
-            f"flows file {path}: flow id(s) {', '.join(map(str, missing))} are not in the"
+            f"flows file {path}: flow {' and '.join(named)} are not in the"
             " database, where their executions would be recorded: load them into the database"
             " first (or use --dry-run)"
         )

@@ -175,6 +175,7 @@ class Flow:
 
     flow_id: Annotated[int, Field(ge=-(2**63), lt=2**63)]  # a bigint
     name: str
+    key: str | None = None  # the flows file's name for it (flowd.flowfiles); None: unset
     trigger_table: str
     trigger_event: str = "*"
     is_enabled: bool = True
@@ -185,7 +186,7 @@ class Flow:
     actions: tuple[Action, ...] = ()
 
     _text = field_validator(
-        "name", "trigger_table", "trigger_event", "match", "schedule", "schedule_tz"
+        "name", "key", "trigger_table", "trigger_event", "match", "schedule", "schedule_tz"
     )(valid_text)
 
     @property

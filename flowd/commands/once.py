@@ -59,15 +59,19 @@ async def main(args: argparse.Namespace, settings: Settings, secrets: Secrets) -
 
 
 async def dry_run(app: App, events_path: str, flows_file: str | None) -> Summary:
-    """Classify only: one JSON line of matched flow ids per event on stdout."""
+    """Classify only: one JSON line of matched flow ids (and keys, where flows have them)
+    per event on stdout."""
     index = (await app.load_flows(flows_file)).index
     summary = Summary()
     matched = 0
     with open_events(events_path) as stream:
         for number, event in good_events(stream, summary):
-            flow_ids = [flow.flow_id for flow in index.classify(event).flows]
-            matched += bool(flow_ids)
-            print(json.dumps({"line": number, "flows": flow_ids}), flush=True)
+            flows = index.classify(event).flows
+            result: dict[str, object] = {"line": number, "flows": [f.flow_id for f in flows]}
+            if any(flow.key is not None for flow in flows):  # a flows file's flows have no id
+                result["keys"] = [flow.key for flow in flows]
+            matched += bool(flows)
+            print(json.dumps(result), flush=True)
     summary.matched = matched
     return summary
 

@@ -25,7 +25,7 @@ from flowd.act.templates import strings_in
 from flowd.app import open_app
 from flowd.catalog import Catalog
 from flowd.config import Settings
-from flowd.errors import FlowDefinitionError
+from flowd.errors import FlowDefinitionError, FlowFileError
 from flowd.feeds.eventlog import CaptureTriggers
 from flowd.flows import Loaded
 from flowd.models import Action, Flow
@@ -41,10 +41,19 @@ class Problem:
     name: str
     text: str
     warning: bool = False  # worth a look, but the flow can run
+    key: str | None = None  # named by it, where the flow has one
 
     def line(self) -> str:
         kind = "warning: " if self.warning else ""
-        return f"flow {self.flow_id} ({self.name}): {kind}{self.text}"
+        return f"flow {self.key or self.flow_id} ({self.name}): {kind}{self.text}"
+
+
+@dataclass(frozen=True, slots=True)
+class FileProblem(Problem):
+    """A flow of a flows file that cannot be read: its line names the file, flow and field."""
+
+    def line(self) -> str:
+        return self.text
 
 
 def _rule_label(flow: Flow, index: int) -> str:
@@ -145,6 +154,9 @@ async def validate(
     )
     problems: list[Problem] = []
     for item in loaded:
+        if isinstance(item, FlowFileError):
+            problems.append(FileProblem(item.flow_id, "?", item.line))
+            continue
         if isinstance(item, FlowDefinitionError):
             problems.append(Problem(item.flow_id, "?", f"{item.where}: {item.reason}"))
             continue
@@ -171,9 +183,10 @@ async def validate(
         if catalog is not None and refusal is None:
             texts += await _table_problems(item, catalog, settings, captured)
         texts += _supabase_problems(item, settings)
-        problems += [Problem(item.flow_id, item.name, text) for text in texts]
+        problems += [Problem(item.flow_id, item.name, text, key=item.key) for text in texts]
         problems += [
-            Problem(item.flow_id, item.name, text, warning=True) for text in template_warnings(item)
+            Problem(item.flow_id, item.name, text, warning=True, key=item.key)
+            for text in template_warnings(item)
         ]
     return problems
 

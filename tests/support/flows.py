@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from flowd.flowfiles import FlowSpec
+
 RuleSpec = tuple[str, str, str | None]
 ActionSpec = tuple[str, dict[str, Any]]
 
@@ -50,6 +52,28 @@ async def add_flow(
             position,
         )
     return flow_id
+
+
+async def insert_specs(db: asyncpg.Connection, specs: Sequence[FlowSpec]) -> dict[str, int]:
+    """Insert flows as a flows file defines them (key, rules, actions in list order), the
+    way `flowd flows apply` will; their ids by key."""
+    ids = {}
+    for spec in specs:
+        ids[spec.key] = flow_id = await db.fetchval(
+            "INSERT INTO flows (key, name, trigger_table, trigger_event, match, is_enabled,"
+            " schedule, schedule_tz) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING flow_id",
+            *(spec.key, spec.name, spec.trigger_table, spec.trigger_event, spec.match),
+            *(spec.is_enabled, spec.schedule, spec.schedule_tz),
+        )
+        await db.executemany(
+            "INSERT INTO rules (flow_id, field, operator, value) VALUES ($1, $2, $3, $4)",
+            [(flow_id, rule.field, rule.operator, rule.value) for rule in spec.rules],
+        )
+        await db.executemany(
+            "INSERT INTO actions (flow_id, type, config, position) VALUES ($1, $2, $3::jsonb, $4)",
+            [(flow_id, a.type, json.dumps(a.config), n) for n, a in enumerate(spec.actions)],
+        )
+    return ids
 
 
 async def executions(db: asyncpg.Connection) -> list[dict[str, Any]]:
