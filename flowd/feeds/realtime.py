@@ -7,7 +7,7 @@ What was cut short or never started at shutdown is recorded FAILURE, so
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flowd.config import Settings
@@ -109,6 +109,9 @@ class RealtimeFeed:
 
     def side_tasks(self) -> SideTasks:
         return {}
+
+    def channels(self) -> Mapping[str, Callable[[], None]]:
+        return {}  # changes come over Realtime
 
     def _bindings(self, flow_set: FlowSet) -> set[Binding]:
         control = {(schema, table, "*") for schema, table in self._control}
