@@ -37,7 +37,9 @@ FeedFactory = Callable[[App, FlowSet], tuple[Feed[Any], Engine]]
 def _realtime(app: App, flow_set: FlowSet) -> tuple[Feed[Any], Engine]:
     # Realtime does not say who made a change: flowd's own writes are recognised by value.
     engine = app.engine(flow_set, own_writes=OwnWrites())
-    return RealtimeFeed(app.settings, engine, app.recorder), engine
+    # Flow edits come over Realtime only where the listener cannot hear them.
+    flow_edits = app.settings.through_transaction_pooler
+    return RealtimeFeed(app.settings, engine, app.recorder, flow_edits=flow_edits), engine
 
 
 def _event_log(app: App, flow_set: FlowSet) -> tuple[Feed[Any], Engine]:

@@ -80,6 +80,7 @@ async def test_a_flow_added_while_running_fires_at_once_in_realtime_delivery(
     flowd = await start_flowd(database_url, realtime)
     await flowd.wait_for_log("listener.listening")
     await assert_new_flows_fire(db, flowd, http_target)
+    assert flowd.logged("realtime.binding_rejected") == []  # flowd's tables are not asked for
 
 
 async def test_a_flow_added_while_running_fires_at_once_in_durable_delivery(
