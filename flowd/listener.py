@@ -24,12 +24,13 @@ from flowd.backoff import Backoff
 from flowd.db import DATABASE_ERRORS
 from flowd.errors import describe
 from flowd.logs import get_logger
+from flowd.waits import first_of
 
 log = get_logger()
 
 FLOWS_CHANNEL = "flowd_flows"  # a flow, rule or action changed
 EVENTS_CHANNEL = "flowd_events"  # the event log gained a change
-_CHECK_S = 10.0  # a dead connection hears nothing: ask it something this often
+_CHECK_S = 10.0  # a connection cut off silently hears nothing: ask it this often
 _CLOSE_TIMEOUT_S = 5.0
 
 Heard = Callable[[], None]  # called on the event loop; must not block or raise
@@ -70,13 +71,16 @@ class Listener:
                     await asyncio.wait_for(connection.close(), _CLOSE_TIMEOUT_S)
 
     async def _listen(self, connection: asyncpg.Connection) -> None:
+        closed = asyncio.Event()
+        connection.add_termination_listener(lambda _: closed.set())
         for channel in self._heard:
             await connection.add_listener(channel, self._notified)
         log.info("listener.listening", channels=sorted(self._heard))
         for channel in self._heard:
             self._call(channel)  # what was notified while nobody listened
         while True:
-            await asyncio.sleep(_CHECK_S)
+            # A connection the server closed says so; one cut off silently must be asked.
+            await first_of(asyncio.sleep(_CHECK_S), closed.wait())
             await connection.fetchval("SELECT 1")
 
     def _notified(self, _connection: object, _pid: int, channel: str, _payload: object) -> None:
