@@ -242,16 +242,21 @@ class Settings(BaseSettings):
         return self.supabase_url, self.supabase_service_role_key.get_secret_value()
 
     @property
-    def statement_cache_size(self) -> int:
-        """0 behind Supabase's transaction-mode pooler (port 6543), which cannot keep them."""
-        if self.db_statement_cache_size is not None:
-            return self.db_statement_cache_size
+    def through_transaction_pooler(self) -> bool:
+        """DATABASE_URL names Supabase's transaction-mode pooler (port 6543)."""
         url = self.database_url.get_secret_value() if self.database_url else ""
         try:
             port = urlsplit(url).port
         except ValueError:
             port = None
-        return 0 if port == SUPABASE_TRANSACTION_POOLER_PORT else 100
+        return port == SUPABASE_TRANSACTION_POOLER_PORT
+
+    @property
+    def statement_cache_size(self) -> int:
+        """0 behind the transaction-mode pooler, which cannot keep prepared statements."""
+        if self.db_statement_cache_size is not None:
+            return self.db_statement_cache_size
+        return 0 if self.through_transaction_pooler else 100
 
 
 _HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?")

@@ -1,11 +1,12 @@
 """`flowd run`: the daemon. A feed → pipeline (bounded, in order per row) → engine.
 
 `Daemon` drives one `Feed` (see `flowd.feeds.base`) and owns what every feed shares: the
-flows kept current (a periodic re-read as a safety net, SIGHUP, and the feed's own change
-notices), the pipeline, outages waited out, and the lifecycle: on SIGTERM or SIGINT it
-stops taking events, lets in-flight work finish within FLOWD_SHUTDOWN_TIMEOUT_S, hands
-what is left to the feed and exits 0. `run_until_idle` is the same daemon for a feed that
-stops by itself once nothing is pending (`flowd --once` in durable delivery).
+flows kept current (notices of flow edits, gathered into one reload; SIGHUP; a periodic
+re-read as the guarantee), the pipeline, outages waited out, and the lifecycle: on
+SIGTERM or SIGINT it stops taking events, lets in-flight work finish within
+FLOWD_SHUTDOWN_TIMEOUT_S, hands what is left to the feed and exits 0. `run_until_idle` is
+the same daemon for a feed that stops by itself once nothing is pending (`flowd --once`
+in durable delivery).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Generic
@@ -71,6 +73,7 @@ class Daemon(Generic[Handle]):
         self._saved: IO[str] | None = None
         self.stopping = asyncio.Event()
         self._reload = asyncio.Event()
+        self._reload_asked_at = 0.0  # monotonic time of the notice the next reload answers
         self.started = asyncio.Event()  # the feed is set up; events are being taken
         # Every event held is worked on; FLOWD_CONCURRENCY bounds the flows running their
         # actions (`ActionRunner`), so claims and outcomes are written in large groups.
@@ -105,7 +108,9 @@ class Daemon(Generic[Handle]):
         self._pipeline.put(work)
 
     def reload(self) -> None:
-        self._reload.set()
+        if not self._reload.is_set():
+            self._reload_asked_at = time.monotonic()  # the first notice, for `delay_s`
+            self._reload.set()
 
     # ------------------------------------------------------------- lifecycle
 
@@ -238,20 +243,25 @@ class Daemon(Generic[Handle]):
 
     def _reload_signalled(self) -> None:
         self._feed.reload_signalled()
-        self._reload.set()
+        self.reload()
 
     async def _reload_loop(self) -> None:
+        """Reload on the first notice (after a pause that gathers the rest of an edit
+        written in several statements) or at the periodic re-read, whichever comes first."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload.wait(), self._settings.reload_interval_s)
-            await asyncio.sleep(_DEBOUNCE_S)
-            self._reload.clear()
             try:
-                await self._swap(await self._load_flows(self.engine.flows))
+                await asyncio.wait_for(self._reload.wait(), self._settings.reload_interval_s)
+            except TimeoutError:
+                self._reload_asked_at = time.monotonic()  # the periodic tick
+            await asyncio.sleep(_DEBOUNCE_S)
+            asked_at = self._reload_asked_at
+            self._reload.clear()  # a notice from now on asks for the next reload
+            try:
+                await self._swap(await self._load_flows(self.engine.flows), asked_at)
             except Exception as exc:  # a failed reload keeps the current flows running
                 log.error("flows.reload_failed", error=describe(exc))
 
-    async def _swap(self, flow_set: FlowSet) -> None:
+    async def _swap(self, flow_set: FlowSet, asked_at: float) -> None:
         old = self.engine.flows
         if old.by_id == flow_set.by_id and old.refused == flow_set.refused:
             return
@@ -259,6 +269,7 @@ class Daemon(Generic[Handle]):
         await self._feed.flows_changed(flow_set)
         log.info(
             "flows.reloaded",
+            delay_s=round(time.monotonic() - asked_at, 3),
             flow_ids=sorted(flow_set.by_id),
             added=sorted(set(flow_set.by_id) - set(old.by_id)),
             removed=sorted(set(old.by_id) - set(flow_set.by_id)),

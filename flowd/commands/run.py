@@ -1,8 +1,9 @@
 """`flowd run`: the daemon on the configured feed, until SIGTERM.
 
 The daemon is composed here: the feed FLOWD_DELIVERY names (`FEEDS`), the engine it
-feeds, and the scheduler as a side task. A new event source is a feed module in
-`flowd.feeds`, one entry in `FEEDS`, and its settings.
+feeds, and as side tasks the scheduler and the listener (`flowd.listener`: a flow edit
+reloads the flows within a second, in either delivery). A new event source is a feed
+module in `flowd.feeds`, one entry in `FEEDS`, and its settings.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ from flowd.feeds.durable import EventLogFeed
 from flowd.feeds.realtime import RealtimeFeed
 from flowd.feeds.schedule import Scheduler, TickRunner
 from flowd.flows import FlowSet
+from flowd.listener import FLOWS_CHANNEL, Listener
+from flowd.logs import get_logger
 from flowd.ops.health import Health
 from flowd.secrets import Secrets
+
+log = get_logger()
 
 # A feed and the engine it feeds, for the flows loaded at start.
 FeedFactory = Callable[[App, FlowSet], tuple[Feed[Any], Engine]]
@@ -32,7 +37,9 @@ FeedFactory = Callable[[App, FlowSet], tuple[Feed[Any], Engine]]
 def _realtime(app: App, flow_set: FlowSet) -> tuple[Feed[Any], Engine]:
     # Realtime does not say who made a change: flowd's own writes are recognised by value.
     engine = app.engine(flow_set, own_writes=OwnWrites())
-    return RealtimeFeed(app.settings, engine, app.recorder), engine
+    # Flow edits come over Realtime only where the listener cannot hear them.
+    flow_edits = app.settings.through_transaction_pooler
+    return RealtimeFeed(app.settings, engine, app.recorder, flow_edits=flow_edits), engine
 
 
 def _event_log(app: App, flow_set: FlowSet) -> tuple[Feed[Any], Engine]:
@@ -67,8 +74,32 @@ def daemon_health(app: App) -> Health:
     return health
 
 
+def listener(app: App, feed: Feed[Any]) -> SideTask:
+    """The database's notices: a flow edit reloads the daemon, the feed's channels wake it."""
+
+    def start(daemon: Daemon[Any]) -> Coroutine[Any, Any, None]:
+        heard = Listener(app.settings.require_database_url())
+        heard.on(FLOWS_CHANNEL, daemon.reload)  # the daemon gathers a burst into one reload
+        for channel, wake in feed.channels().items():
+            heard.on(channel, wake)
+        return heard.run()
+
+    return start
+
+
+def side_tasks(app: App, feed: Feed[Any]) -> list[tuple[str, SideTask]]:
+    """The scheduler, and the listener where the connection allows LISTEN."""
+    tasks = [("scheduler", scheduler(app))]
+    if not app.settings.through_transaction_pooler:
+        tasks.append(("listener", listener(app, feed)))
+    else:
+        reason = "LISTEN needs a direct or session connection, not the transaction pooler"
+        log.info("listener.polling_only", reason=reason)
+    return tasks
+
+
 async def build_daemon(app: App, *, save_events: Path | None = None) -> Daemon[Any]:
-    """The daemon on FLOWD_DELIVERY's feed, with the scheduler beside it."""
+    """The daemon on FLOWD_DELIVERY's feed, with the scheduler and the listener beside it."""
     feed, engine = FEEDS[app.settings.delivery](app, await app.load_flows())
     return Daemon(
         feed,
@@ -77,7 +108,7 @@ async def build_daemon(app: App, *, save_events: Path | None = None) -> Daemon[A
         load_flows=lambda current: app.load_flows(previous=current),
         available=app.available,
         health=daemon_health(app),
-        side_tasks=[("scheduler", scheduler(app))],
+        side_tasks=side_tasks(app, feed),
         save_events=save_events,
     )
 

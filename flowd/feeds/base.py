@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Coroutine, Hashable, Mapping
+from collections.abc import Callable, Coroutine, Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -114,6 +114,10 @@ class Feed(Protocol[Handle]):
 
     def side_tasks(self) -> SideTasks:
         """Tasks of the feed's own that live as long as the daemon."""
+
+    def channels(self) -> Mapping[str, Callable[[], None]]:
+        """Database notices the feed wants to hear of: channel → what a notice does
+        (a wake-up only; the daemon's listener calls it on the event loop)."""
 
     async def finish(self, unfinished: list[Work[Handle]]) -> None:
         """After the drain: account for what was cut short or never started."""

@@ -4,26 +4,24 @@ Events come from the event log (`flowd.feeds.eventlog`), where a trigger wrote t
 changing transaction, so nothing committed is lost while flowd, the network or
 Realtime is down. The daemon claims events in batches under a lease, hands them to the
 pipeline (in order per row), and marks each handled once the engine is done with it;
-marks are written in groups. Wake-ups come from LISTEN on a direct connection
-(`flowd_events` for new changes, `flowd_flows` for edited flows) and the log is polled
-every FLOWD_POLL_INTERVAL_S regardless: a wake-up saves time, the poll guarantees
-progress. Leases are renewed while events are held. On shutdown the leases of
-unfinished events are given back, and an execution cut short stays RUNNING, to be
-resumed where it stopped by whichever worker claims its event next.
+marks are written in groups. A notice on `flowd_events` (heard by the daemon's
+listener, `flowd.listener`) wakes the claim loop, and the log is polled every
+FLOWD_POLL_INTERVAL_S regardless: a wake-up saves time, the poll guarantees progress.
+Leases are renewed while events are held. On shutdown the leases of unfinished events
+are given back, and an execution cut short stays RUNNING, to be resumed where it stopped
+by whichever worker claims its event next.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Mapping
 from functools import partial
-from urllib.parse import urlsplit
 
 import asyncpg
 
 from flowd.backoff import Backoff
-from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT, Settings
+from flowd.config import Settings
 from flowd.db import DATABASE_ERRORS, is_outage, worker_id
 from flowd.errors import ExecutionTakenOver, describe
 from flowd.feeds.base import Delivery, Intake, SideTasks, Work
@@ -36,6 +34,7 @@ from flowd.feeds.eventlog import (
     UnreadableEvent,
 )
 from flowd.flows import FlowSet
+from flowd.listener import EVENTS_CHANNEL
 from flowd.logs import get_logger
 from flowd.models import Column
 from flowd.ops.health import Health
@@ -47,7 +46,6 @@ from flowd.waits import first_of
 log = get_logger()
 
 CLAIM_BATCH = 100
-_LISTENER_CHECK_S = 10.0
 _MARK_RETRY_S = 1.0
 
 
@@ -145,8 +143,12 @@ class EventLogFeed:
     def side_tasks(self) -> SideTasks:
         tasks = {"handled-marks": self._write_handled_marks(), "leases": self._renew_leases()}
         if not self._until_idle:
-            tasks |= {"listener": self._listen(), "maintenance": self._maintain()}
+            tasks |= {"maintenance": self._maintain()}
         return tasks
+
+    def channels(self) -> Mapping[str, Callable[[], None]]:
+        """A change logged wakes the claim loop."""
+        return {EVENTS_CHANNEL: self._wake.set}
 
     # ------------------------------------------------------------------ the feed
 
@@ -283,40 +285,6 @@ class EventLogFeed:
             # Events still worked on here (not merely awaiting their handled mark).
             if lost := (held - renewed) & self._held:
                 log.warning("eventlog.leases_lost", event_ids=sorted(lost))
-
-    async def _listen(self) -> None:
-        """LISTEN for wake-ups on a direct connection; the poll covers any gap."""
-        url = self._settings.require_database_url()
-        if urlsplit(url).port == SUPABASE_TRANSACTION_POOLER_PORT:
-            log.info("eventlog.polling_only", reason="LISTEN needs a direct or session connection")
-            return
-        backoff = Backoff(initial=1.0, maximum=30.0)
-        while True:
-            try:
-                connection = await asyncpg.connect(
-                    url, server_settings={"application_name": "flowd"}
-                )
-            except DATABASE_ERRORS as exc:
-                pause = backoff.next()
-                log.warning("eventlog.listen_failed", error=describe(exc), retry_in_s=pause)
-                await asyncio.sleep(pause)
-                continue
-            backoff.reset()
-            try:
-                await connection.add_listener("flowd_events", lambda *_: self._wake.set())
-                await connection.add_listener("flowd_flows", lambda *_: self._intake.reload())
-                # Changes and flow edits may have come while nobody listened.
-                self._wake.set()
-                self._intake.reload()
-                while True:
-                    await asyncio.sleep(_LISTENER_CHECK_S)
-                    await connection.fetchval("SELECT 1")  # a dead connection hears nothing
-            except DATABASE_ERRORS as exc:
-                # Its own connection: losing it says nothing of the pool's; the gate stays open.
-                log.warning("eventlog.listen_lost", error=describe(exc))
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(connection.close(), 5)
 
     async def _maintain(self) -> None:
         """Log the backlog and delete handled events past FLOWD_EVENT_RETENTION."""

@@ -7,7 +7,7 @@ What was cut short or never started at shutdown is recorded FAILURE, so
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flowd.config import Settings
@@ -34,15 +34,21 @@ CUT_SHORT = "cut short: flowd stopped before this flow finished"
 class RealtimeFeed:
     """Events from Supabase Realtime: at most once, so what is cut short is recorded FAILURE.
 
-    `engine` is the daemon's (it recognises flowd's own writes by their values)."""
+    `engine` is the daemon's (it recognises flowd's own writes by their values). With
+    `flow_edits`, changes of flowd's own tables are subscribed too and reload the flows
+    (where the daemon cannot LISTEN for them; the tables are then optional in the
+    publication)."""
 
     name = "realtime"
 
-    def __init__(self, settings: Settings, engine: Engine, recorder: Recorder) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, recorder: Recorder, *, flow_edits: bool
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self._recorder = recorder
-        self._control = {(settings.schema_name, table) for table in CONTROL_TABLES}
+        tables = CONTROL_TABLES if flow_edits else ()
+        self._control = {(settings.schema_name, table) for table in tables}
 
     async def start(self, flow_set: FlowSet, intake: Intake[None]) -> None:
         # Imported here: the Realtime client (websockets, its many pydantic models) takes
@@ -102,13 +108,16 @@ class RealtimeFeed:
         return (item.schema_name, item.table, values)
 
     def watch_health(self, health: Health) -> None:
-        """Every binding is live (flowd's own tables are optional, README step 2)."""
+        """Every binding is live (flowd's own tables are optional)."""
         optional = {(schema, table) for schema, table in self._control}
         health.add_check("realtime", lambda: self._source.not_live(optional))
         metrics.REALTIME_CONNECTED.set_function(lambda: self._source.live.is_set())
 
     def side_tasks(self) -> SideTasks:
         return {}
+
+    def channels(self) -> Mapping[str, Callable[[], None]]:
+        return {}  # changes come over Realtime
 
     def _bindings(self, flow_set: FlowSet) -> set[Binding]:
         control = {(schema, table, "*") for schema, table in self._control}

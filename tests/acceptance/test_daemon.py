@@ -73,11 +73,6 @@ async def insert_task(db: asyncpg.Connection, task_id: int, **columns: Any) -> N
     )
 
 
-async def publish_flowd_tables(db: asyncpg.Connection) -> None:
-    """What README asks of operators who want flow changes picked up at once."""
-    await db.execute("ALTER PUBLICATION supabase_realtime ADD TABLE flows, rules, actions")
-
-
 async def test_insert_update_delete_reach_webhooks_and_executions(
     db: asyncpg.Connection, database_url: str, realtime: RealtimeStandIn, http_target: HttpTarget
 ) -> None:
@@ -233,8 +228,8 @@ async def test_slow_actions_do_not_block_the_connection(
 async def test_new_flow_on_new_table_fires_without_restart_and_disabled_flow_stops(
     db: asyncpg.Connection, database_url: str, realtime: RealtimeStandIn, http_target: HttpTarget
 ) -> None:
-    """Flow changes are picked up live: a new table is subscribed, a disabled flow stops."""
-    await publish_flowd_tables(db)
+    """Flow changes are picked up live (flowd's tables unpublished): a new table is
+    subscribed, a disabled flow stops."""
     await db.execute("ALTER PUBLICATION supabase_realtime ADD TABLE projects")
     tasks_flow = await add_flow(db, actions=[hook(http_target, "/tasks")])
     flowd = await start_flowd(database_url, realtime)
@@ -258,7 +253,6 @@ async def test_invalid_new_definition_keeps_the_last_good_one(
     db: asyncpg.Connection, database_url: str, realtime: RealtimeStandIn, http_target: HttpTarget
 ) -> None:
     """A flow edited into something broken keeps running as it was, with an error logged."""
-    await publish_flowd_tables(db)
     flow_id = await add_flow(
         db, rules=[("priority", "=", "high")], actions=[hook(http_target, "/hook")]
     )
@@ -274,10 +268,15 @@ async def test_invalid_new_definition_keeps_the_last_good_one(
 async def test_sighup_reloads_flows(
     db: asyncpg.Connection, database_url: str, realtime: RealtimeStandIn, http_target: HttpTarget
 ) -> None:
-    """With flowd's tables unpublished and a long re-read interval, SIGHUP reloads at once."""
+    """A flow written without the `flowd_flows` notice (its trigger off, as in a restore),
+    with flowd's tables unpublished and a long re-read interval: SIGHUP reloads at once."""
     await add_flow(db, actions=[hook(http_target, "/first")])
     flowd = await start_flowd(database_url, realtime)
+    await flowd.wait_for_log("listener.listening")
+    await asyncio.sleep(1)  # past the reload the listener asks for as it connects
+    await db.execute("SET session_replication_role = replica")  # no trigger fires
     await add_flow(db, actions=[hook(http_target, "/second")])
+    await db.execute("RESET session_replication_role")
     await asyncio.sleep(1)
     assert flowd.logged("flows.reloaded") == []
     flowd.signal(signal.SIGHUP)

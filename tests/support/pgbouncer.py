@@ -27,10 +27,10 @@ def _free_port() -> int:
 class TransactionPooler:
     """Runs `pgbouncer` with pool_mode=transaction; `url_for(server_url)` routes through it."""
 
-    def __init__(self, server_url: str) -> None:
+    def __init__(self, server_url: str, port: int | None = None) -> None:
         self._server = urlsplit(server_url)
         self._dir = Path(tempfile.mkdtemp(prefix="flowd-pgbouncer-"))
-        self.port = _free_port()
+        self.port = port or _free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     def url_for(self, database_url: str) -> str:

@@ -117,6 +117,23 @@ def test_transaction_pooler_port_turns_the_statement_cache_off(
     assert load_settings().statement_cache_size == 100
 
 
+@pytest.mark.parametrize(
+    ("url", "pooled"),
+    [
+        ("postgresql://u:p@aws-0.pooler.supabase.com:6543/postgres", True),
+        ("postgresql://u:p@aws-0.pooler.supabase.com:5432/postgres", False),  # session mode
+        ("postgresql://u:p@db.example.supabase.co/postgres", False),
+        ("postgresql://u:p@h1:6543,h2:6543/postgres", False),  # several hosts: not Supabase's
+    ],
+)
+def test_only_the_transaction_pooler_port_rules_out_listen(
+    monkeypatch: pytest.MonkeyPatch, url: str, pooled: bool
+) -> None:
+    """Where flowd does not LISTEN for flow edits (and takes them from the re-read)."""
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert load_settings().through_transaction_pooler is pooled
+
+
 async def test_db_update_binds_values_and_quotes_catalog_names() -> None:
     """Values are bound text parameters cast to the column type; only changed rows are written."""
     event = parse_event(frame("insert_event"))
