@@ -24,6 +24,7 @@ from flowd.history import (
     ExecutionDetail,
     ExecutionFilter,
     ExecutionFollower,
+    column_order,
     list_executions,
     resolve_flow,
     show_execution,
@@ -186,7 +187,7 @@ def _detail(detail: ExecutionDetail) -> list[str]:
     name = f" ({execution.flow_name})" if execution.flow_name is not None else " (removed)"
     finished = "not yet (RUNNING)"
     if execution.finished_at is not None:
-        finished = f"{_instant(execution.finished_at)}  ({execution.duration_ms} ms)"
+        finished = f"{_instant(execution.finished_at)} UTC ({execution.duration_ms} ms)"
     return [
         f"execution {execution.execution_id}: {execution.status}"
         + (f" (run {execution.runs})" if execution.runs > 1 else ""),
@@ -214,7 +215,9 @@ def _event_lines(detail: ExecutionDetail) -> list[str]:
     row = event.get("old_record") if event.get("type") == "DELETE" else event.get("record")
     if isinstance(row, dict):
         lines.append("old row:" if event.get("type") == "DELETE" else "row:")
-        lines += [f"  {column}: {_value(value)}" for column, value in row.items()]
+        lines += [
+            f"  {column}: {_value(row[column])}" for column in column_order(event) if column in row
+        ]
     return lines
 
 

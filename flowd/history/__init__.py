@@ -6,7 +6,7 @@ finish (LISTEN where the connection allows it, a poll otherwise). `flowd executi
 them; the console reuses them.
 """
 
-from flowd.history.changes import ColumnChange, column_changes
+from flowd.history.changes import ColumnChange, column_changes, column_order
 from flowd.history.follow import ExecutionFollower
 from flowd.history.queries import (
     Execution,
@@ -26,6 +26,7 @@ __all__ = [
     "ExecutionFollower",
     "FlowRef",
     "column_changes",
+    "column_order",
     "list_executions",
     "resolve_flow",
     "show_execution",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +25,24 @@ class ColumnChange:
     in_new: bool = True
 
 
+def column_order(event: Mapping[str, Any]) -> list[str]:
+    """The event's columns in table order (Realtime sends them), then any the rows add."""
+    listed = event.get("columns")
+    columns = listed if isinstance(listed, list) else []
+    names = [column.get("name") for column in columns if isinstance(column, dict)]
+    rows = [row for row in (event.get("record"), event.get("old_record")) if isinstance(row, dict)]
+    every = [name for name in names if isinstance(name, str)] + [c for row in rows for c in row]
+    return list(dict.fromkeys(every))
+
+
 def column_changes(
-    old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+    order: Sequence[str] = (),
 ) -> tuple[ColumnChange, ...]:
-    """The columns whose values differ, or that one side lacks, in the new row's order."""
+    """The columns whose values differ, or that one side lacks, in `order`, then the rows'."""
     old, new = old or {}, new or {}
-    columns = [*new, *(column for column in old if column not in new)]
+    columns = [c for c in dict.fromkeys([*order, *new, *old]) if c in old or c in new]
     return tuple(
         ColumnChange(
             column,

@@ -19,7 +19,7 @@ import pydantic
 from flowd.catalog import quote_ident
 from flowd.db import Connection
 from flowd.errors import ConfigurationError, NotFound, first_problem
-from flowd.history.changes import ColumnChange, column_changes
+from flowd.history.changes import ColumnChange, column_changes, column_order
 from flowd.models import ActionOutcome, Status
 
 Database = asyncpg.Pool | Connection
@@ -134,7 +134,7 @@ async def show_execution(database: Database, schema: str, execution_id: int) -> 
     event = _json_object(row["event"])
     changes: tuple[ColumnChange, ...] = ()
     if event.get("type") == "UPDATE":
-        changes = column_changes(event.get("old_record"), event.get("record"))
+        changes = column_changes(event.get("old_record"), event.get("record"), column_order(event))
     return ExecutionDetail(_execution(row), event, changes, _outcomes(row["actions"]), row["log"])
 
 
