@@ -17,7 +17,8 @@ from typing import Any
 
 from flowd.app import App, open_app
 from flowd.config import Settings
-from flowd.errors import NotFound
+from flowd.db import DATABASE_ERRORS
+from flowd.errors import DatabaseUnavailable, NotFound, describe
 from flowd.history import (
     ColumnChange,
     Execution,
@@ -44,17 +45,24 @@ async def main(args: argparse.Namespace, settings: Settings, secrets: Secrets) -
         print(secrets.redact(text), flush=True)
 
     async with open_app(settings, secrets, database=True) as app:
-        flow_id = await _flow_id(app, args.flow) if getattr(args, "flow", None) else None
-        if args.action == "list":
-            wanted = ExecutionFilter(flow_id, args.status, args.since, args.limit)
-            found = await list_executions(app.database, settings.schema_name, wanted)
-            _print_list(found, emit, as_json=args.json)
-        elif args.action == "show":
-            detail = await show_execution(app.database, settings.schema_name, _id(args.id))
-            emit(json.dumps(_detail_json(detail)) if args.json else "\n".join(_detail(detail)))
-        else:
-            await _tail(app, flow_id, emit, as_json=args.json)
+        try:
+            await _run(app, args, emit)
+        except DATABASE_ERRORS as exc:  # a query cut short (tail rides out its own)
+            raise DatabaseUnavailable(f"the database failed: {describe(exc)}") from None
     return 0
+
+
+async def _run(app: App, args: argparse.Namespace, emit: Print) -> None:
+    schema = app.settings.schema_name
+    flow_id = await _flow_id(app, args.flow) if getattr(args, "flow", None) else None
+    if args.action == "list":
+        wanted = ExecutionFilter(flow_id, args.status, args.since, args.limit)
+        _print_list(await list_executions(app.database, schema, wanted), emit, as_json=args.json)
+    elif args.action == "show":
+        detail = await show_execution(app.database, schema, _id(args.id))
+        emit(json.dumps(_detail_json(detail)) if args.json else "\n".join(_detail(detail)))
+    else:
+        await _tail(app, flow_id, emit, as_json=args.json)
 
 
 async def _flow_id(app: App, reference: str) -> int:
