@@ -21,6 +21,7 @@ import pytest
 
 from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT
 from tests.conftest import frame
+from tests.support import sentinels
 from tests.support.flowd_cli import Finished, RunningFlowd, run_flowd
 from tests.support.flows import add_flow
 from tests.support.http_target import HttpTarget, Reply
@@ -166,6 +167,27 @@ async def test_show_prints_the_event_diff_each_action_and_the_log(
     assert [action["http_status"] for action in detail["actions"]] == [200, None]
     assert [action["rows_written"] for action in detail["actions"]] == [None, 1]
     assert detail["event"]["record"]["status"] == "done"
+
+
+async def test_show_masks_a_secret_even_where_a_row_holds_it_unmasked(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """Written by hand (or by a flowd that did not know the secret): masked as it is printed."""
+    flow_id = await add_flow(db)
+    execution_id = await db.fetchval(
+        "INSERT INTO flow_executions (flow_id, event_key, status, event, log)"
+        " VALUES ($1, 'k', 'SUCCESS', jsonb_build_object('type', 'INSERT', 'record',"
+        " jsonb_build_object('token', $2::text)), 'sent ' || $2) RETURNING execution_id",
+        flow_id,
+        sentinels.TEMPLATE_SECRET,
+    )
+    try:
+        for flags in ((), ("--json",)):
+            shown = await executions_cli(database_url, "show", str(execution_id), *flags)
+            assert shown.code == 0, shown.stderr  # run_flowd fails on the secret in its output
+            assert "***" in shown.stdout
+    finally:  # the database fixture checks flow_executions for secrets too
+        await db.execute("DELETE FROM flow_executions")
 
 
 @pytest.mark.parametrize(
