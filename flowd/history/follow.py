@@ -32,7 +32,7 @@ CHANNEL = "flowd_executions"
 _OVERLAP = timedelta(seconds=5)  # flowd's outcome writes are single statements of milliseconds
 _POLL_S = 1.0  # without LISTEN
 _BACKSTOP_S = 5.0  # with LISTEN: notices wake the follower, this catches the rest
-_SETTLE_S = 0.1  # after a notice: a burst of statements is one look
+_SETTLE_S = 0.25  # after a notice: a burst of statements is one look
 _LISTENER_CHECK_S = 10.0  # a dead connection hears nothing: ask it something this often
 _CONNECT_TIMEOUT_S = 10.0
 
