@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
+import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +49,8 @@ async def main(args: argparse.Namespace, settings: Settings, secrets: Secrets) -
     async with open_app(settings, secrets, database=True) as app:
         try:
             await _run(app, args, emit)
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except DATABASE_ERRORS as exc:  # a query cut short (tail rides out its own)
             raise DatabaseUnavailable(f"the database failed: {describe(exc)}") from None
     return 0

@@ -7,9 +7,12 @@ subprocesses. Assertions are what they print, and their exit codes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import shlex
 import signal
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +25,14 @@ import pytest
 from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT
 from tests.conftest import frame
 from tests.support import sentinels
-from tests.support.flowd_cli import Finished, RunningFlowd, run_flowd
+from tests.support.flowd_cli import Finished, RunningFlowd, flowd_env, run_flowd
 from tests.support.flows import add_flow
 from tests.support.http_target import HttpTarget, Reply
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import eventually
 
 JSON_KEYS = {"execution_id", "flow_id", "flow_key", "status", "triggered_at", "finished_at"}
+HEADER = ["EXECUTION", "STATUS", "TRIGGERED", "(UTC)", "DURATION", "FLOW", "EVENT"]
 DURABLE = {"FLOWD_DELIVERY": "durable", "FLOWD_POLL_INTERVAL_S": "0.2"}
 
 
@@ -95,8 +99,7 @@ async def test_list_prints_executions_newest_first_and_narrows_by_each_flag(
     listed = await executions_cli(database_url, "list")
     assert listed.code == 0, listed.stderr
     header, *lines = listed.stdout.splitlines()
-    columns = ["EXECUTION", "STATUS", "TRIGGERED", "(UTC)", "DURATION", "FLOW", "EVENT"]
-    assert header.split() == columns
+    assert header.split() == HEADER
     assert len(lines) == 2
     by_id = {int(line.split()[0]): line for line in lines}
     assert by_id[history.notified].split()[1] == "SUCCESS"
@@ -188,6 +191,30 @@ async def test_show_masks_a_secret_even_where_a_row_holds_it_unmasked(
             assert "***" in shown.stdout
     finally:  # the database fixture checks flow_executions for secrets too
         await db.execute("DELETE FROM flow_executions")
+
+
+async def test_a_reader_that_stops_early_ends_the_list_quietly(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """`flowd executions list | head -1`: no BrokenPipeError traceback, exit 0."""
+    flow_id = await add_flow(db)
+    await db.execute(
+        "INSERT INTO flow_executions (flow_id, event_key, status, event, finished_at)"
+        " SELECT $1, 'k' || n, 'SUCCESS', '{}', now() FROM generate_series(1, 3000) n",
+        flow_id,
+    )
+    listing = f"{shlex.quote(sys.executable)} -m flowd executions list --limit 3000"
+    process = await asyncio.create_subprocess_shell(
+        f"set -o pipefail 2>/dev/null; {listing} | head -1",
+        env=flowd_env({"DATABASE_URL": database_url}),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        executable="/bin/bash",
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert stdout.decode().split() == HEADER
+    assert stderr.decode() == ""
+    assert process.returncode == 0
 
 
 @pytest.mark.parametrize(
