@@ -78,7 +78,7 @@ class ExecutionFollower:
     async def _looks(self) -> AsyncIterator[Execution]:
         start: datetime | None = None
         floor: datetime | None = None
-        seen: dict[_Mark, datetime] = {}
+        seen: set[_Mark] = set()
         backoff = Backoff(initial=1.0, maximum=30.0)
         while True:
             self._wake.clear()
@@ -101,10 +101,10 @@ class ExecutionFollower:
                 assert execution.finished_at is not None
                 mark = (execution.execution_id, execution.finished_at)
                 if mark not in seen:
-                    seen[mark] = execution.finished_at
+                    seen.add(mark)
                     yield execution
             floor = looked_at - _OVERLAP
-            seen = {mark: at for mark, at in seen.items() if at >= floor}
+            seen = {mark for mark in seen if mark[1] >= floor}  # the next look reaches no further
             await self._pause()
 
     async def _pause(self) -> None:
