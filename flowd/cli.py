@@ -18,14 +18,15 @@ from typing import NoReturn
 
 from flowd import flowfiles
 from flowd.app import configure_logging, load_secrets
-from flowd.commands import flows, migrate, once, run, validate
+from flowd.commands import executions, flows, migrate, once, run, validate
 from flowd.config import Settings, env_names, load_settings
-from flowd.errors import ConfigurationError, DatabaseUnreachable
+from flowd.errors import ConfigurationError, DatabaseUnreachable, NotFound
 from flowd.logs import get_logger
 from flowd.secrets import Secrets
 
-COMMANDS = ("run", "migrate", "validate", "demo", "flows")
+COMMANDS = ("run", "migrate", "validate", "demo", "flows", "executions")
 EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL
+MAX_LIMIT = 100_000  # `executions list --limit`
 log = get_logger()
 
 
@@ -44,6 +45,31 @@ def _iso_instant(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text!r}") from None
     return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+
+def _limit(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"not a count from 1 to {MAX_LIMIT}: {text!r}")
+    return int(text)
+
+
+def _add_executions(commands: argparse._SubParsersAction[_Parser]) -> list[_Parser]:
+    history = commands.add_parser("executions", help="list, show or follow flow executions")
+    actions = history.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    listing = actions.add_parser("list", help="executions, newest first")
+    listing.add_argument("--flow", metavar="KEY", help="of this flow (its key or id)")
+    listing.add_argument(
+        "--status", type=str.upper, choices=("RUNNING", "SUCCESS", "FAILURE"), help="with it"
+    )
+    listing.add_argument("--since", type=_iso_instant, metavar="ISO", help="triggered from then")
+    listing.add_argument("--limit", type=_limit, default=50, metavar="N", help="at most N (50)")
+    show = actions.add_parser("show", help="one execution: event, changes, actions, log")
+    show.add_argument("id", metavar="ID", help="its execution_id")
+    tail = actions.add_parser("tail", help="print executions as they finish, until Ctrl-C")
+    tail.add_argument("--flow", metavar="KEY", help="of this flow (its key or id)")
+    for sub in (listing, show, tail):
+        sub.add_argument("--json", action="store_true", help="JSON, one object a line")
+    return [listing, show, tail]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--flows", metavar="PATH", help="check the flows of this file (or directory) instead"
     )
     _add_flows_commands(commands)
-    for sub in commands.choices.values():
+    history = _add_executions(commands)
+    for sub in [*commands.choices.values(), *history]:
         sub.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     return parser
 
@@ -156,6 +183,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, secrets: Secre
         return await validate.main(args, settings, secrets)
     if args.command == "flows":
         return await flows.main(args, settings, secrets)
+    if args.command == "executions":
+        return await executions.main(args, settings, secrets)
     if args.once:
         return await once.main(args, settings, secrets)
     try:
@@ -172,11 +201,12 @@ def run_cli(argv: Sequence[str]) -> int:
         dry_run = args.command == "run" and args.dry_run
         if args.command == "demo":  # the demo tells its own story; only problems are logged
             settings = settings.model_copy(update={"log_level": "warning"})
-        # --dry-run's results (and `flows`' files, tables) own stdout; logs go to stderr.
         secrets = load_secrets(settings)
-        configure_logging(settings, secrets, to_stderr=dry_run or args.command in ("demo", "flows"))
+        # Results own stdout (--dry-run, flows files, executions): logs go to stderr, never mixed.
+        to_stderr = dry_run or args.command in ("demo", "flows", "executions")
+        configure_logging(settings, secrets, to_stderr=to_stderr)
         return asyncio.run(_dispatch(args, settings, secrets))
-    except ConfigurationError as exc:
+    except (ConfigurationError, NotFound) as exc:
         if verbose:
             traceback.print_exc()
         print(f"flowd: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@
     │   └── DatabaseUnavailable   DATABASE_URL set but the server cannot be reached
     │       └── DatabaseUnreachable   no answer (network, down): `flowd run` exits 75
     ├── EventError                an input line is not a change event
+    ├── NotFound                  no flow or execution by that key or id (exit 1)
     ├── FlowDefinitionError       a flow cannot work and is refused
     │   └── FlowFileError         a flow of a flows file cannot be read
     ├── ExecutionTakenOver        another process carried on a durable execution
@@ -56,6 +57,12 @@ class DatabaseUnreachable(DatabaseUnavailable):
 
 class EventError(FlowdError):
     """The input is not a change event."""
+
+
+class NotFound(FlowdError):
+    """No flow or execution goes by that key or id."""
+
+    exit_code = 1
 
 
 class FlowDefinitionError(FlowdError):

@@ -89,11 +89,18 @@ async def run_flowd(
 
 
 class RunningFlowd:
-    """`flowd run` in the background: its JSON log lines as they come, signals, exit code."""
+    """`flowd run` (or `command`) in the background: its JSON log lines as they come, signals,
+    exit code."""
 
-    def __init__(self, *args: str, env: Mapping[str, str], prefix: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: Mapping[str, str],
+        prefix: Sequence[str] = (),
+        command: Sequence[str] = ("run",),
+    ) -> None:
         self._prefix = tuple(prefix)  # a command that runs flowd, such as `unshare ...`
-        self._args = ("run", *args)
+        self._args = (*command, *args)
         self._env = flowd_env(env)
         self.logs: list[dict[str, Any]] = []
         self.other_output: list[str] = []
