@@ -42,6 +42,8 @@ class Listener:
     def __init__(self, database_url: str) -> None:
         self._url = database_url
         self._heard: dict[str, list[Heard]] = {}
+        self.listening = False  # connected and listening right now
+        self.tried = asyncio.Event()  # the first connection attempt has succeeded or failed
 
     def on(self, channel: str, heard: Heard) -> None:
         """Call `heard` on each notice on `channel` (and once on each connect)."""
@@ -56,6 +58,7 @@ class Listener:
                     self._url, server_settings={"application_name": "flowd"}
                 )
             except DATABASE_ERRORS as exc:
+                self.tried.set()
                 pause = backoff.next()
                 log.warning("listener.failed", error=describe(exc), retry_in_s=pause)
                 await asyncio.sleep(pause)
@@ -67,6 +70,7 @@ class Listener:
                 # Its own connection: losing it says nothing of the pool's.
                 log.warning("listener.lost", error=describe(exc))
             finally:
+                self.listening = False
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(connection.close(), _CLOSE_TIMEOUT_S)
 
@@ -75,6 +79,8 @@ class Listener:
         connection.add_termination_listener(lambda _: closed.set())
         for channel in self._heard:
             await connection.add_listener(channel, self._notified)
+        self.listening = True
+        self.tried.set()
         log.info("listener.listening", channels=sorted(self._heard))
         for channel in self._heard:
             self._call(channel)  # what was notified while nobody listened

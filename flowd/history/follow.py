@@ -19,13 +19,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-import asyncpg
-
 from flowd.backoff import Backoff
 from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT
 from flowd.db import DATABASE_ERRORS
 from flowd.errors import describe
 from flowd.history.queries import Database, Execution, finished_between
+from flowd.listener import Listener
 from flowd.logs import get_logger
 
 CHANNEL = "flowd_executions"
@@ -33,7 +32,6 @@ _OVERLAP = timedelta(seconds=5)  # flowd's outcome writes are single statements 
 _POLL_S = 1.0  # without LISTEN
 _BACKSTOP_S = 5.0  # with LISTEN: notices wake the follower, this catches the rest
 _SETTLE_S = 0.25  # after a notice: a burst of statements is one look
-_LISTENER_CHECK_S = 10.0  # a dead connection hears nothing: ask it something this often
 _CONNECT_TIMEOUT_S = 10.0
 
 log = get_logger()
@@ -57,23 +55,30 @@ class ExecutionFollower:
         self._database = database
         self._schema = schema
         self._flow_id = flow_id
-        self._listen_url = listen_url
+        self._listener = _listener_for(listen_url)
         self._wake = asyncio.Event()
-        self._listener_tried = asyncio.Event()
-        self.listening = False
         self.started = asyncio.Event()  # set after the first look: what finishes now is seen
 
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None and self._listener.listening
+
     async def follow(self) -> AsyncGenerator[Execution, None]:
-        listener = asyncio.create_task(self._listen())
+        if self._listener is None:
+            async for execution in self._looks():
+                yield execution
+            return
+        self._listener.on(CHANNEL, self._wake.set)
+        listening = asyncio.create_task(self._listener.run(), name="executions-listener")
         try:
             # Says truthfully whether it listens; the poll goes on either way.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._listener_tried.wait(), _CONNECT_TIMEOUT_S)
+                await asyncio.wait_for(self._listener.tried.wait(), _CONNECT_TIMEOUT_S)
             async for execution in self._looks():
                 yield execution
         finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
 
     async def _looks(self) -> AsyncIterator[Execution]:
         start: datetime | None = None
@@ -112,41 +117,12 @@ class ExecutionFollower:
             await asyncio.wait_for(self._wake.wait(), _BACKSTOP_S if self.listening else _POLL_S)
         await asyncio.sleep(_SETTLE_S)
 
-    async def _listen(self) -> None:
-        """LISTEN on a connection of its own, reconnecting; without one, the poll is faster."""
-        url = self._listen_url
-        if url is None or urlsplit(url).port == SUPABASE_TRANSACTION_POOLER_PORT:
-            if url is not None:
-                log.info("executions.polling_only", reason="LISTEN needs a direct connection")
-            self._listener_tried.set()
-            return
-        backoff = Backoff(initial=1.0, maximum=30.0)
-        while True:
-            try:
-                connection = await asyncpg.connect(
-                    url, timeout=_CONNECT_TIMEOUT_S, server_settings={"application_name": "flowd"}
-                )
-            except DATABASE_ERRORS as exc:
-                self._listener_tried.set()
-                pause = backoff.next()
-                log.warning("executions.listen_failed", error=describe(exc), retry_in_s=pause)
-                await asyncio.sleep(pause)
-                continue
-            backoff.reset()
-            try:
-                await self._hear(connection)
-            except DATABASE_ERRORS as exc:
-                log.warning("executions.listen_lost", error=describe(exc))
-            finally:
-                self.listening = False
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(connection.close(), 5)
 
-    async def _hear(self, connection: asyncpg.Connection) -> None:
-        await connection.add_listener(CHANNEL, lambda *_: self._wake.set())
-        self.listening = True
-        self._listener_tried.set()
-        self._wake.set()  # what finished while nobody listened
-        while True:
-            await asyncio.sleep(_LISTENER_CHECK_S)
-            await connection.fetchval("SELECT 1")
+def _listener_for(url: str | None) -> Listener | None:
+    """A listener on `url`; None to poll only (no URL, or the transaction pooler)."""
+    if url is None:
+        return None
+    if urlsplit(url).port == SUPABASE_TRANSACTION_POOLER_PORT:
+        log.info("executions.polling_only", reason="LISTEN needs a direct connection")
+        return None
+    return Listener(url)
