@@ -141,6 +141,13 @@ class ChangeEvent(BaseModel):
         }
 
 
+def rule_value_as_text(value: Any) -> Any:
+    """A rule's value as its column holds it: text (a file's `5` or `[High, Urgent]` as JSON)."""
+    if value is None or isinstance(value, str):
+        return valid_text(value)
+    return json.dumps(valid_text(value))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rule:
     rule_id: int | None = None
@@ -148,13 +155,7 @@ class Rule:
     operator: str
     value: str | None = None
 
-    @field_validator("value", mode="before")
-    @classmethod
-    def _value_as_text(cls, value: Any) -> Any:
-        # A flows file may write `"value": 5` or `["High", "Urgent"]`; the column is text.
-        if value is None or isinstance(value, str):
-            return valid_text(value)
-        return json.dumps(valid_text(value))
+    _value = field_validator("value", mode="before")(rule_value_as_text)
 
     _text = field_validator("field", "operator")(valid_text)
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from flowd.models import Action, Flow, Rule, valid_text
+from flowd.models import Action, Flow, Rule, rule_value_as_text, valid_text
 
 KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # as the flows_key_format check
 _KEY_LENGTH = 63
@@ -24,13 +23,7 @@ class RuleSpec(BaseModel):
     operator: str
     value: str | None = None
 
-    @field_validator("value", mode="before")
-    @classmethod
-    def _value_as_text(cls, value: Any) -> Any:
-        # `value: 5` or `value: [High, Urgent]` is what the column holds as text (as models.Rule).
-        if value is None or isinstance(value, str):
-            return valid_text(value)
-        return json.dumps(valid_text(value))
+    _value = field_validator("value", mode="before")(rule_value_as_text)
 
     _text = field_validator("field", "operator")(valid_text)
 
