@@ -135,6 +135,9 @@ def _add_flows_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     export.add_argument("--format", choices=flowfiles.FORMATS, help="yaml (default) or json")
     flows_commands.add_parser("list", help="each flow in a line, with its last 24 h")
+    for verb in ("enable", "disable"):
+        switch = flows_commands.add_parser(verb, help=f"{verb} a flow (a running flowd reloads)")
+        switch.add_argument("key", metavar="KEY", help="the flow's key (or its numeric id)")
     for sub in flows_commands.choices.values():
         sub.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
 

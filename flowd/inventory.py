@@ -1,5 +1,6 @@
 """What the database holds of flows, for people: every flow as a flows file writes it
-(`flowd flows export`), and a line of each with its last day's executions (`flowd flows list`).
+(`flowd flows export`), a line of each with its last day's executions (`flowd flows list`),
+and a flow switched on or off (`flowd flows enable|disable`).
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from dataclasses import dataclass
 import asyncpg
 
 from flowd.catalog import quote_ident
-from flowd.errors import ConfigurationError, FlowDefinitionError
+from flowd.errors import ConfigurationError, FlowDefinitionError, NotFound
 from flowd.flowfiles import FlowSpec, derive_keys, spec_of
 from flowd.flows import DatabaseFlows
+from flowd.history.queries import FlowRef, resolve_flow
 from flowd.models import Flow
 
 _SUMMARY_SQL = """
@@ -76,3 +78,24 @@ async def summaries(database: asyncpg.Pool | asyncpg.Connection, schema: str) ->
             " run `flowd migrate` first"
         ) from None
     return [FlowSummary(**dict(row)) for row in rows]
+
+
+_SET_ENABLED_SQL = (
+    "UPDATE {schema}.flows SET is_enabled = $2, updated_at = now()"
+    " WHERE flow_id = $1 AND is_enabled IS DISTINCT FROM $2 RETURNING flow_id"
+)
+
+
+async def set_enabled(
+    database: asyncpg.Pool | asyncpg.Connection, schema: str, reference: str, enabled: bool
+) -> tuple[FlowRef, bool]:
+    """Switch the flow a key (or numeric id) names on or off; whether that changed it.
+
+    A running flowd hears of the change (the flows tables' notice) and reloads at once.
+    """
+    flow = await resolve_flow(database, schema, reference)
+    if flow.name is None:  # only executions still name it
+        raise NotFound(f"no flow with key or id {reference!r}")
+    statement = _SET_ENABLED_SQL.format(schema=quote_ident(schema))
+    changed = await database.fetchval(statement, flow.flow_id, enabled)
+    return flow, changed is not None

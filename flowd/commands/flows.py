@@ -1,4 +1,4 @@
-"""`flowd flows export` and `flowd flows list`: the database's flows, as files and at a glance."""
+"""`flowd flows export|list|enable|disable`: the flows as files, at a glance, on or off."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from flowd import flowfiles
 from flowd.app import open_app
 from flowd.config import Settings
 from flowd.errors import ConfigurationError
-from flowd.inventory import FlowSummary, export_flows, summaries
+from flowd.inventory import FlowSummary, export_flows, set_enabled, summaries
 from flowd.secrets import Secrets
 
 _LIST_HEADER = ("KEY", "NAME", "TABLE", "EVENT", "ENABLED", "RULES", "RUNS_24H", "FAILED_24H")
@@ -19,13 +19,15 @@ _LIST_HEADER = ("KEY", "NAME", "TABLE", "EVENT", "ENABLED", "RULES", "RUNS_24H",
 async def main(args: argparse.Namespace, settings: Settings, secrets: Secrets) -> int:
     if args.flows_command == "export":
         return await export(args, settings, secrets)
+    if args.flows_command in ("enable", "disable"):
+        return await switch(args.key, args.flows_command == "enable", settings, secrets)
     return await list_flows(settings, secrets)
 
 
 def _format_of(args: argparse.Namespace) -> flowfiles.Format | None:
     output = Path(args.output) if args.output else None
     if output is None or output.suffix not in flowfiles.SUFFIXES or output.is_dir():
-        return args.format  # type: ignore[no-any-return]
+        return args.format  # type: ignore[no-any-return]  # argparse's values are Any
     by_suffix: flowfiles.Format = "json" if output.suffix == ".json" else "yaml"
     if args.format is not None and args.format != by_suffix:
         raise ConfigurationError(f"--format {args.format} does not go with {output.name}")
@@ -78,4 +80,13 @@ async def list_flows(settings: Settings, secrets: Secrets) -> int:
     widths = [max(len(row[column]) for row in rows) for column in range(len(_LIST_HEADER))]
     for row in rows:
         print(_line(row, widths).rstrip())
+    return 0
+
+
+async def switch(key: str, enabled: bool, settings: Settings, secrets: Secrets) -> int:
+    async with open_app(settings, secrets, database=True) as app:
+        flow, changed = await set_enabled(app.database, settings.schema_name, key, enabled)
+    state = "enabled" if enabled else "disabled"
+    named = flow.key or f"{flow.flow_id}"
+    print(f"flowd: flow {named} ({flow.name}) {state if changed else 'was already ' + state}")
     return 0

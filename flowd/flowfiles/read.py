@@ -40,7 +40,7 @@ class _Loader(yaml.SafeLoader):
                 None,
                 None,
                 "aliases (*name) are not allowed here",
-                self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                self.peek_event().start_mark,  # type: ignore[no-untyped-call]  # PyYAML's stubs
             )
         return super().compose_node(parent, index)
 

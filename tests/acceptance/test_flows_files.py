@@ -261,3 +261,26 @@ async def test_the_shipped_example_flows_validate_and_notify_pm_fires(
     [request] = http_target.requests_to("/services/T000/B000/XXXX")
     assert request.json() == {"text": "High priority: Ship"}
     assert await db.fetchval("SELECT status FROM tasks WHERE id = 5") == "In Progress"
+
+
+async def test_enable_and_disable_switch_a_flow_by_its_key_or_id(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    keyed = await add_flow(db, name="Notify PM")
+    await db.execute("UPDATE flows SET key = 'notify-pm' WHERE flow_id = $1", keyed)
+    keyless = await add_flow(db, name="No key yet", enabled=False)
+    env = {"DATABASE_URL": database_url}
+
+    off = await run_flowd("flows", "disable", "notify-pm", env=env)
+    again = await run_flowd("flows", "disable", "notify-pm", env=env)
+    on = await run_flowd("flows", "enable", str(keyless), env=env)
+    unknown = await run_flowd("flows", "enable", "no-such-flow", env=env)
+
+    assert (off.code, again.code, on.code) == (0, 0, 0), off.stderr + again.stderr + on.stderr
+    assert "flowd: flow notify-pm (Notify PM) disabled" in off.stdout
+    assert "was already disabled" in again.stdout
+    assert f"flowd: flow {keyless} (No key yet) enabled" in on.stdout
+    enabled = {r["flow_id"]: r["is_enabled"] for r in await db.fetch("SELECT * FROM flows")}
+    assert enabled == {keyed: False, keyless: True}
+    assert unknown.code == 1
+    assert unknown.stderr.strip().splitlines() == ["flowd: no flow with key or id 'no-such-flow'"]
