@@ -161,6 +161,7 @@ class EventLogFeed:
             await intake.room()
             limit = min(self._batch, self.capacity - intake.held)
             self._wake.clear()  # before the claim: a change committed during it wakes us
+            busy = self._busy()  # before the claim: a mark written during it unblocks a row
             try:
                 events = await self._claim(limit, failed)
             except Exception as exc:  # the feed must outlive any failure; the poll goes on
@@ -177,7 +178,7 @@ class EventLogFeed:
             for logged in events:
                 await self._take(logged)
             if self._until_idle:
-                if not events and not await self._settled():
+                if not events and not await self._settled(busy):
                     return
             elif len(events) < limit:
                 poll = asyncio.sleep(self._settings.poll_interval_s)
@@ -203,10 +204,16 @@ class EventLogFeed:
         self._held.add(logged.event_id)
         self._intake.put(Work(logged.event, logged.cause, Delivery.RESUMABLE, logged))
 
-    async def _settled(self) -> bool:
+    def _busy(self) -> bool:
+        """Work held here, or handled marks not yet written."""
+        return bool(self._intake.held or self._held or self._handled or self._marking)
+
+    async def _settled(self, busy_at_claim: bool) -> bool:
         """Until idle, nothing claimed: wait for the work held and its marks (the next
-        event of each of those rows may be claimed then); False when nothing was held."""
-        if not (self._intake.held or self._held or self._handled or self._marking):
+        event of each of those rows may be claimed then); False when nothing was in flight,
+        then or when the claim began (a mark committed during the claim may have unblocked
+        a row the claim saw blocked: claim again)."""
+        if not (busy_at_claim or self._busy()):
             return False
         await self._intake.idle()
         while True:
