@@ -244,12 +244,9 @@ class Settings(BaseSettings):
     @property
     def through_transaction_pooler(self) -> bool:
         """DATABASE_URL names Supabase's transaction-mode pooler (port 6543)."""
-        url = self.database_url.get_secret_value() if self.database_url else ""
-        try:
-            port = urlsplit(url).port
-        except ValueError:
-            port = None
-        return port == SUPABASE_TRANSACTION_POOLER_PORT
+        return is_transaction_pooler(
+            self.database_url.get_secret_value() if self.database_url else ""
+        )
 
     @property
     def statement_cache_size(self) -> int:
@@ -257,6 +254,15 @@ class Settings(BaseSettings):
         if self.db_statement_cache_size is not None:
             return self.db_statement_cache_size
         return 0 if self.through_transaction_pooler else 100
+
+
+def is_transaction_pooler(url: str) -> bool:
+    """`url` names Supabase's transaction-mode pooler (port 6543), where LISTEN hears nothing."""
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        port = None
+    return port == SUPABASE_TRANSACTION_POOLER_PORT
 
 
 _HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?")

@@ -17,10 +17,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
 
 from flowd.backoff import Backoff
-from flowd.config import SUPABASE_TRANSACTION_POOLER_PORT
+from flowd.config import is_transaction_pooler
 from flowd.db import DATABASE_ERRORS
 from flowd.errors import describe
 from flowd.history.queries import Database, Execution, finished_between
@@ -122,7 +121,7 @@ def _listener_for(url: str | None) -> Listener | None:
     """A listener on `url`; None to poll only (no URL, or the transaction pooler)."""
     if url is None:
         return None
-    if urlsplit(url).port == SUPABASE_TRANSACTION_POOLER_PORT:
+    if is_transaction_pooler(url):
         log.info("executions.polling_only", reason="LISTEN needs a direct connection")
         return None
     return Listener(url)
